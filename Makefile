@@ -1,0 +1,38 @@
+# cme: continual retraining of a melanoma classifier. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PYTHON_VERSION ?= 3.11
+DEMO_DIR ?= .cme/demo
+HAM10000 ?= ../shared/data/ham10000
+PYTEST_ARGS ?=
+
+help: ## List the targets.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## Install uv if missing, create .venv, install the locked dependencies.
+	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || \
+		python3 -m pip install --user --quiet uv || python3 -m pip install --quiet uv
+	$(UV) sync --locked --python $(PYTHON_VERSION)
+
+demo: setup ## Generate sample images and register them in the label registry (embedded stores).
+	$(UV) run --locked cme sample-data $(DEMO_DIR)/week1 --n 200 --seed 1
+	$(UV) run --locked cme labels import $(DEMO_DIR)/week1/metadata.csv --images $(DEMO_DIR)/week1/images --steward demo
+	$(UV) run --locked cme labels stats
+
+test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
+	$(UV) run --locked pytest -n 2 $(PYTEST_ARGS)
+
+lint: setup ## ruff (lint + format check) and mypy on the domain packages.
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
+	$(UV) run --locked mypy
+
+bench: setup ## Benchmarks on the shared HAM10000 copy (prints figures and ratios).
+	$(UV) run --locked python bench/label_import.py --data $(HAM10000)
+
+clean: ## Remove the embedded stores and generated data (.cme/, data/images).
+	rm -rf .cme data/images
+
+.PHONY: help setup demo test lint bench clean

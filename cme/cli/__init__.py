@@ -1,0 +1,44 @@
+"""The `cme` command line: a thin layer over the domain functions."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cme.cli import data, db, labels
+from cme.cli.common import fail, run_app_command
+
+app = typer.Typer(
+    name="cme",
+    help="Continual retraining of a melanoma classifier (label registry, validation, training, "
+    "champion/challenger gate).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(labels.app, name="labels")
+app.add_typer(db.app, name="db")
+app.command("sample-data")(data.sample_data)
+app.command("params")(data.show_params)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        from importlib.metadata import version as package_version
+
+        typer.echo(f"cme {package_version('cme')}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["app", "fail", "main", "run_app_command"]

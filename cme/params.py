@@ -1,0 +1,95 @@
+"""params.yaml, typed, with `-S key=value` overrides in the manner of `dvc exp run -S`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from registry.labels import IntakeRules
+
+
+class ParamsError(ValueError):
+    """params.yaml or an override is not valid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntakeParams(_Section):
+    max_pixels: int = Field(default=40_000_000, gt=0)
+    min_side: int = Field(default=32, gt=0)
+    max_side: int = Field(default=8000, gt=0)
+    age_min: float = 0
+    age_max: float = 120
+    batch_size: int = Field(default=500, gt=0)
+
+    def rules(self) -> IntakeRules:
+        return IntakeRules(
+            max_pixels=self.max_pixels,
+            min_side=self.min_side,
+            max_side=self.max_side,
+            age_min=self.age_min,
+            age_max=self.age_max,
+        )
+
+
+class SampleDataParams(_Section):
+    n: int = Field(default=200, gt=0)
+    image_size: int = Field(default=128, ge=32)
+    melanoma_fraction: float = Field(default=0.3, ge=0, le=1)
+    multi_image_lesion_fraction: float = Field(default=0.35, ge=0, le=1)
+
+
+class Params(_Section):
+    intake: IntakeParams = IntakeParams()
+    sample_data: SampleDataParams = SampleDataParams()
+
+
+def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:
+    """Read params.yaml (embedded defaults when the file is absent) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path.exists():
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ParamsError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded or {}
+    for override in overrides:
+        _apply_override(raw, override)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise ParamsError(f"{path}: {problems}") from None
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {override!r}: expected key=value, e.g. intake.batch_size=200")
+    path = key.strip().split(".")
+    known: Mapping[str, Any] = Params.model_fields
+    node = raw
+    for depth, part in enumerate(path):
+        if part not in known:
+            choices = ", ".join(sorted(known))
+            raise ParamsError(f"override {override!r}: unknown key {part!r}; known: {choices}")
+        field = known[part]
+        is_leaf = depth == len(path) - 1
+        annotation = field.annotation
+        nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if is_leaf:
+            if nested:
+                raise ParamsError(f"override {override!r}: {key} is a section, name one of its keys")
+            node[part] = yaml.safe_load(text)
+            return
+        if not nested:
+            raise ParamsError(f"override {override!r}: {part} is not a section")
+        node = node.setdefault(part, {})
+        known = annotation.model_fields  # type: ignore[union-attr]

@@ -1,0 +1,50 @@
+"""Settings from the environment (prefix CME_), with embedded defaults that need no server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where things live. Everything defaults under CME_HOME so that nothing needs a server."""
+
+    model_config = SettingsConfigDict(env_prefix="CME_", extra="ignore")
+
+    home: Path = Field(default=Path(".cme"), description="Working folder for embedded stores.")
+    database_url: str | None = Field(
+        default=None,
+        description="Label registry URL; default sqlite:///$CME_HOME/labels.db. "
+        "Production: postgresql+psycopg2://user@host/db.",
+    )
+    auto_migrate: bool | None = Field(
+        default=None,
+        description="Apply Alembic migrations on first use; default only for SQLite. "
+        "Production runs `cme db upgrade` instead.",
+    )
+    data_dir: Path = Field(default=Path("data"), description="Versioned data (DVC tracks it).")
+    image_store: Path | None = Field(
+        default=None, description="Content-addressed image store; default $CME_DATA_DIR/images."
+    )
+    params_file: Path = Field(default=Path("params.yaml"), description="Tunable parameters.")
+    steward: str | None = Field(
+        default=None, description="Default steward name for label commands; default $USER."
+    )
+
+    @property
+    def label_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'labels.db').resolve()}"
+
+    @property
+    def image_store_dir(self) -> Path:
+        return self.image_store if self.image_store is not None else self.data_dir / "images"
+
+    @property
+    def migrates_automatically(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.label_database_url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""ML domain logic. Imports neither prefect nor sqlalchemy."""

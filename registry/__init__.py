@@ -1,0 +1,1 @@
+"""The two systems of record: the label registry and (later) the MLflow model registry."""

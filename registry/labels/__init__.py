@@ -1,0 +1,55 @@
+"""Label registry: the system of record for labelled dermoscopic images."""
+
+from registry.labels.domain import (
+    DIAGNOSES,
+    LABEL_SOURCES,
+    LOCALIZATIONS,
+    METADATA_COLUMNS,
+    SEXES,
+    Diagnosis,
+    ImageFacts,
+    ImportSummary,
+    IntakeRules,
+    LabelEvent,
+    LabelledImage,
+    QuarantinedRow,
+    RegistryStats,
+)
+from registry.labels.errors import (
+    LabelRegistryError,
+    LesionConflict,
+    RegistryUnavailable,
+    RejectedSubmission,
+    SchemaOutOfDate,
+    UnknownImage,
+)
+from registry.labels.image_store import ImageStore
+from registry.labels.intake import MetadataFileError
+from registry.labels.repository import LabelRepository
+from registry.labels.service import LabelRegistry
+
+__all__ = [
+    "DIAGNOSES",
+    "LABEL_SOURCES",
+    "LOCALIZATIONS",
+    "METADATA_COLUMNS",
+    "SEXES",
+    "Diagnosis",
+    "ImageFacts",
+    "ImageStore",
+    "ImportSummary",
+    "IntakeRules",
+    "LabelEvent",
+    "LabelRegistry",
+    "LabelRegistryError",
+    "LabelRepository",
+    "LabelledImage",
+    "LesionConflict",
+    "MetadataFileError",
+    "QuarantinedRow",
+    "RegistryStats",
+    "RegistryUnavailable",
+    "RejectedSubmission",
+    "SchemaOutOfDate",
+    "UnknownImage",
+]

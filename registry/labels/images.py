@@ -1,0 +1,74 @@
+"""Decode a submitted image safely and measure the facts recorded at registration."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from registry.labels.domain import ImageFacts, IntakeRules
+from registry.labels.errors import RejectedSubmission
+
+ACCEPTED_FORMATS: dict[str, str] = {"JPEG": "jpg", "PNG": "png"}
+
+
+def inspect_image(content: bytes, rules: IntakeRules) -> ImageFacts:
+    """Return the image's facts, or raise RejectedSubmission saying why it cannot be stored.
+
+    The size is checked from the header before any pixel is decoded, so a decompression
+    bomb (a small file that expands to gigabytes) is refused without being expanded.
+    """
+    if not content:
+        raise RejectedSubmission("empty-file", "image file is empty (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(content))
+        except Image.DecompressionBombError as error:
+            raise RejectedSubmission("too-large", f"image too large to decode safely: {error}")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise RejectedSubmission("not-an-image", "file is not a readable image") from None
+        with image:
+            _check_header(image, rules)
+            try:
+                image.load()
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+                raise RejectedSubmission("undecodable", f"image cannot be decoded: {error}")
+            luminance = np.asarray(image.convert("L"), dtype=np.float32)
+            return ImageFacts(
+                sha256=hashlib.sha256(content).hexdigest(),
+                width=image.width,
+                height=image.height,
+                format=str(image.format),
+                mode=image.mode,
+                byte_size=len(content),
+                brightness_mean=round(float(luminance.mean()), 3),
+                brightness_std=round(float(luminance.std()), 3),
+            )
+
+
+def _check_header(image: Image.Image, rules: IntakeRules) -> None:
+    if image.format not in ACCEPTED_FORMATS:
+        accepted = ", ".join(sorted(ACCEPTED_FORMATS))
+        raise RejectedSubmission(
+            "unsupported-format", f"image format {image.format} is not accepted ({accepted})"
+        )
+    width, height = image.size
+    if width * height > rules.max_pixels:
+        raise RejectedSubmission(
+            "too-large",
+            f"image of {width}x{height} pixels exceeds {rules.max_pixels:,} pixels "
+            "(refused as a possible decompression bomb)",
+        )
+    if min(width, height) < rules.min_side or max(width, height) > rules.max_side:
+        raise RejectedSubmission(
+            "size-out-of-bounds",
+            f"image of {width}x{height} pixels is outside {rules.min_side}..{rules.max_side} px a side",
+        )
+
+
+def file_extension(image_format: str) -> str:
+    return ACCEPTED_FORMATS[image_format]

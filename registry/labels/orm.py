@@ -1,0 +1,109 @@
+"""SQLAlchemy rows of the label registry. Private: the repository turns them into domain values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the label registry; use UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class LesionRow(Base):
+    __tablename__ = "lesions"
+
+    lesion_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+
+    image_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    lesion_id: Mapped[str] = mapped_column(ForeignKey("lesions.lesion_id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    stored_path: Mapped[str] = mapped_column(String(255))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(16))
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    brightness_mean: Mapped[float] = mapped_column(Float)
+    brightness_std: Mapped[float] = mapped_column(Float)
+    registered_by: Mapped[str] = mapped_column(String(128))
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LabelEventRow(Base):
+    """Append-only: database triggers refuse UPDATE and DELETE (see the first migration)."""
+
+    __tablename__ = "label_events"
+    __table_args__ = (UniqueConstraint("image_id", "version", name="uq_label_events_version"),)
+
+    event_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.image_id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    dx: Mapped[str] = mapped_column(String(16))
+    dx_type: Mapped[str] = mapped_column(String(16))
+    age: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sex: Mapped[str] = mapped_column(String(16))
+    localization: Mapped[str] = mapped_column(String(64))
+    steward: Mapped[str] = mapped_column(String(128))
+    confirmed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class QuarantineRow(Base):
+    __tablename__ = "quarantine"
+
+    quarantine_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(Text)
+    row_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    image_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    submitted: Mapped[dict[str, str]] = mapped_column(JSON)
+    reason_kind: Mapped[str] = mapped_column(String(32), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    steward: Mapped[str] = mapped_column(String(128))
+    quarantined_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,465 @@
+"""The label registry's storage, behind a small interface. ORM rows never leave this module."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Select, and_, create_engine, event, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from registry.labels import schema
+from registry.labels.domain import (
+    Diagnosis,
+    ImageFacts,
+    LabelEvent,
+    LabelledImage,
+    QuarantinedRow,
+    RegistryStats,
+)
+from registry.labels.errors import (
+    LabelRegistryError,
+    RegistryUnavailable,
+    SchemaOutOfDate,
+)
+from registry.labels.orm import ImageRow, LabelEventRow, LesionRow, QuarantineRow
+
+_CHUNK = 500  # ids per IN (...) clause, well under every backend's parameter limit
+
+
+@dataclass(frozen=True)
+class RegisteredImage:
+    """What the importer needs to know about an image already in the registry."""
+
+    image_id: str
+    lesion_id: str
+    sha256: str
+    diagnosis: Diagnosis
+    version: int
+
+
+@dataclass(frozen=True)
+class NewImage:
+    image_id: str
+    lesion_id: str
+    facts: ImageFacts
+    stored_path: str
+    diagnosis: Diagnosis
+    confirmed_at: datetime
+    steward: str
+    kind: str
+    source: str | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source: str
+    row_number: int | None
+    image_id: str | None
+    submitted: dict[str, str]
+    reason_kind: str
+    reason: str
+    steward: str
+
+    @property
+    def fingerprint(self) -> str:
+        """The same row refused for the same reason is quarantined once, however often sent."""
+        key = [self.source, self.row_number, self.submitted, self.reason_kind]
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Relabel:
+    image_id: str
+    version: int
+    diagnosis: Diagnosis
+    steward: str
+    reason: str
+    confirmed_at: datetime
+
+
+class LabelRepository:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool) -> LabelRepository:
+        """Connect; apply migrations when asked, else insist that the schema is current."""
+        engine = _create_engine(url)
+        with _translated_errors():
+            if migrate:
+                schema.upgrade(engine)
+            current, head = schema.current_revision(engine), schema.head_revision()
+        if current != head:
+            engine.dispose()
+            raise SchemaOutOfDate(
+                f"label registry schema is at {current or 'nothing'}, the code needs {head}: "
+                "run `cme db upgrade`"
+            )
+        return cls(engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @property
+    def backend(self) -> str:
+        return self._engine.dialect.name
+
+    # -- reading -------------------------------------------------------------------------
+
+    def registered_images(self, image_ids: Iterable[str]) -> dict[str, RegisteredImage]:
+        found: dict[str, RegisteredImage] = {}
+        with self._reading() as connection:
+            for chunk in _chunks(sorted(set(image_ids))):
+                query = _current_labels().where(ImageRow.image_id.in_(chunk))
+                for row in connection.execute(query):
+                    found[row.image_id] = _registered_image(row)
+        return found
+
+    def images_of_lesion(self, lesion_id: str) -> list[RegisteredImage]:
+        with self._reading() as connection:
+            query = _current_labels().where(ImageRow.lesion_id == lesion_id)
+            return [_registered_image(row) for row in connection.execute(query)]
+
+    def lesion_diagnoses(self, lesion_ids: Iterable[str]) -> dict[str, str]:
+        """The diagnosis of each registered lesion (one per lesion, by the registry's rule)."""
+        diagnoses: dict[str, str] = {}
+        with self._reading() as connection:
+            for chunk in _chunks(sorted(set(lesion_ids))):
+                query = _current_labels().where(ImageRow.lesion_id.in_(chunk))
+                for row in connection.execute(query):
+                    diagnoses[row.lesion_id] = row.dx
+        return diagnoses
+
+    def is_stored_path_referenced(self, stored_path: str) -> bool:
+        with self._reading() as connection:
+            query = select(ImageRow.image_id).where(ImageRow.stored_path == stored_path).limit(1)
+            return connection.execute(query).first() is not None
+
+    def current_labels(
+        self, *, since: datetime | None = None, sources: Sequence[str] | None = None
+    ) -> Iterator[LabelledImage]:
+        query = _current_labels()
+        if since is not None:
+            query = query.where(LabelEventRow.confirmed_at >= since)
+        if sources:
+            query = query.where(LabelEventRow.dx_type.in_(list(sources)))
+        query = query.order_by(ImageRow.image_id)
+        with self._reading() as connection:
+            for row in connection.execution_options(yield_per=2000).execute(query):
+                yield _labelled_image(row)
+
+    def history(self, image_id: str) -> list[LabelEvent]:
+        query = (
+            select(LabelEventRow)
+            .where(LabelEventRow.image_id == image_id)
+            .order_by(LabelEventRow.version)
+        )
+        with self._reading() as connection:
+            return [_label_event(row) for row in connection.execute(query)]
+
+    def quarantined(self) -> list[QuarantinedRow]:
+        query = select(QuarantineRow).order_by(QuarantineRow.quarantine_id)
+        with self._reading() as connection:
+            return [_quarantined_row(row) for row in connection.execute(query)]
+
+    def stats(self) -> RegistryStats:
+        with self._reading() as connection:
+            count = lambda table: connection.execute(  # noqa: E731
+                select(func.count()).select_from(table)
+            ).scalar_one()
+            current = _current_labels().subquery()
+            by_dx = _grouped_counts(connection, current.c.dx)
+            by_dx_type = _grouped_counts(connection, current.c.dx_type)
+            by_reason = _grouped_counts(connection, QuarantineRow.reason_kind)
+            return RegistryStats(
+                images=count(ImageRow),
+                lesions=count(LesionRow),
+                label_events=count(LabelEventRow),
+                quarantined=count(QuarantineRow),
+                by_dx=by_dx,
+                by_dx_type=by_dx_type,
+                quarantine_by_reason=by_reason,
+            )
+
+    # -- writing -------------------------------------------------------------------------
+
+    def record_intake(
+        self, images: Sequence[NewImage], rejections: Sequence[Rejection], now: datetime
+    ) -> int:
+        """Register images (each with its first label event) and quarantine rejections, all in
+        one transaction. Returns how many rejections were new to the quarantine."""
+        with self._writing() as connection:
+            lesion_ids = sorted({image.lesion_id for image in images})
+            if lesion_ids:
+                connection.execute(
+                    _insert_ignoring_duplicates(connection, LesionRow, ["lesion_id"]),
+                    [{"lesion_id": lesion, "registered_at": now} for lesion in lesion_ids],
+                )
+            if images:
+                connection.execute(insert(ImageRow), [_image_values(i, now) for i in images])
+                connection.execute(
+                    insert(LabelEventRow), [_first_event_values(i, now) for i in images]
+                )
+            return self._quarantine(connection, rejections, now)
+
+    def record_rejections(self, rejections: Sequence[Rejection], now: datetime) -> int:
+        with self._writing() as connection:
+            return self._quarantine(connection, rejections, now)
+
+    def append_relabels(self, relabels: Sequence[Relabel], now: datetime) -> None:
+        """Append one label event per image, in one transaction."""
+        with self._writing() as connection:
+            connection.execute(
+                insert(LabelEventRow),
+                [
+                    {
+                        "image_id": relabel.image_id,
+                        "version": relabel.version,
+                        "kind": "relabel",
+                        **_diagnosis_values(relabel.diagnosis),
+                        "steward": relabel.steward,
+                        "confirmed_at": relabel.confirmed_at,
+                        "recorded_at": now,
+                        "reason": relabel.reason,
+                        "source": None,
+                    }
+                    for relabel in relabels
+                ],
+            )
+
+    def _quarantine(
+        self, connection: Connection, rejections: Sequence[Rejection], now: datetime
+    ) -> int:
+        if not rejections:
+            return 0
+        unique = {rejection.fingerprint: rejection for rejection in rejections}
+        existing = set()
+        for chunk in _chunks(sorted(unique)):
+            query = select(QuarantineRow.fingerprint).where(QuarantineRow.fingerprint.in_(chunk))
+            existing.update(connection.execute(query).scalars())
+        fresh = [rejection for key, rejection in unique.items() if key not in existing]
+        if fresh:
+            connection.execute(
+                _insert_ignoring_duplicates(connection, QuarantineRow, ["fingerprint"]),
+                [_rejection_values(rejection, now) for rejection in fresh],
+            )
+        return len(fresh)
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with _translated_errors(), self._engine.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with _translated_errors(), self._engine.begin() as connection:
+            yield connection
+
+
+def _create_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    try:
+        yield
+    except LabelRegistryError:
+        raise
+    except IntegrityError as error:
+        raise LabelRegistryError(
+            "another change to the same images was saved at the same time; nothing of this "
+            f"batch was written, run it again ({error.orig})"
+        ) from error
+    except DBAPIError as error:
+        raise RegistryUnavailable(f"label registry database error: {error.orig}") from error
+
+
+def _insert_ignoring_duplicates(connection: Connection, table: Any, keys: list[str]) -> Any:
+    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=keys)
+
+
+def _current_labels() -> Select[Any]:
+    latest = (
+        select(LabelEventRow.image_id, func.max(LabelEventRow.version).label("version"))
+        .group_by(LabelEventRow.image_id)
+        .subquery()
+    )
+    return (
+        select(
+            *ImageRow.__table__.columns,
+            LabelEventRow.version,
+            LabelEventRow.dx,
+            LabelEventRow.dx_type,
+            LabelEventRow.age,
+            LabelEventRow.sex,
+            LabelEventRow.localization,
+            LabelEventRow.steward,
+            LabelEventRow.confirmed_at,
+        )
+        .join(latest, latest.c.image_id == ImageRow.image_id)
+        .join(
+            LabelEventRow,
+            and_(
+                LabelEventRow.image_id == latest.c.image_id,
+                LabelEventRow.version == latest.c.version,
+            ),
+        )
+    )
+
+
+def _grouped_counts(connection: Connection, column: Any) -> dict[str, int]:
+    rows = connection.execute(select(column, func.count()).group_by(column).order_by(column))
+    return {str(key): int(total) for key, total in rows}
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _diagnosis(row: Row[Any]) -> Diagnosis:
+    return Diagnosis(
+        dx=row.dx, dx_type=row.dx_type, age=row.age, sex=row.sex, localization=row.localization
+    )
+
+
+def _diagnosis_values(diagnosis: Diagnosis) -> dict[str, Any]:
+    return {
+        "dx": diagnosis.dx,
+        "dx_type": diagnosis.dx_type,
+        "age": diagnosis.age,
+        "sex": diagnosis.sex,
+        "localization": diagnosis.localization,
+    }
+
+
+def _registered_image(row: Row[Any]) -> RegisteredImage:
+    image = row
+    return RegisteredImage(
+        image_id=image.image_id,
+        lesion_id=image.lesion_id,
+        sha256=image.sha256,
+        diagnosis=_diagnosis(row),
+        version=row.version,
+    )
+
+
+def _labelled_image(row: Row[Any]) -> LabelledImage:
+    image = row
+    return LabelledImage(
+        image_id=image.image_id,
+        lesion_id=image.lesion_id,
+        diagnosis=_diagnosis(row),
+        confirmed_at=row.confirmed_at,
+        steward=row.steward,
+        facts=ImageFacts(
+            sha256=image.sha256,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            mode=image.mode,
+            byte_size=image.byte_size,
+            brightness_mean=image.brightness_mean,
+            brightness_std=image.brightness_std,
+        ),
+        stored_path=image.stored_path,
+        label_version=row.version,
+    )
+
+
+def _label_event(row: Row[Any]) -> LabelEvent:
+    event_row = row
+    return LabelEvent(
+        event_id=event_row.event_id,
+        image_id=event_row.image_id,
+        kind=event_row.kind,
+        diagnosis=_diagnosis(event_row),
+        confirmed_at=event_row.confirmed_at,
+        steward=event_row.steward,
+        reason=event_row.reason,
+        source=event_row.source,
+    )
+
+
+def _quarantined_row(row: Row[Any]) -> QuarantinedRow:
+    entry = row
+    return QuarantinedRow(
+        quarantine_id=entry.quarantine_id,
+        source=entry.source,
+        row_number=entry.row_number,
+        image_id=entry.image_id,
+        submitted=dict(entry.submitted),
+        reason_kind=entry.reason_kind,
+        reason=entry.reason,
+        steward=entry.steward,
+        quarantined_at=entry.quarantined_at,
+    )
+
+
+def _image_values(image: NewImage, now: datetime) -> dict[str, Any]:
+    facts = image.facts
+    return {
+        "image_id": image.image_id,
+        "lesion_id": image.lesion_id,
+        "sha256": facts.sha256,
+        "stored_path": image.stored_path,
+        "width": facts.width,
+        "height": facts.height,
+        "format": facts.format,
+        "mode": facts.mode,
+        "byte_size": facts.byte_size,
+        "brightness_mean": facts.brightness_mean,
+        "brightness_std": facts.brightness_std,
+        "registered_by": image.steward,
+        "registered_at": now,
+    }
+
+
+def _first_event_values(image: NewImage, now: datetime) -> dict[str, Any]:
+    return {
+        "image_id": image.image_id,
+        "version": 1,
+        "kind": image.kind,
+        **_diagnosis_values(image.diagnosis),
+        "steward": image.steward,
+        "confirmed_at": image.confirmed_at,
+        "recorded_at": now,
+        "reason": None,
+        "source": image.source,
+    }
+
+
+def _rejection_values(rejection: Rejection, now: datetime) -> dict[str, Any]:
+    return {
+        "fingerprint": rejection.fingerprint,
+        "source": rejection.source,
+        "row_number": rejection.row_number,
+        "image_id": rejection.image_id,
+        "submitted": rejection.submitted,
+        "reason_kind": rejection.reason_kind,
+        "reason": rejection.reason,
+        "steward": rejection.steward,
+        "quarantined_at": now,
+    }

@@ -1,0 +1,335 @@
+"""The label registry as stewards use it: import, add, relabel, list, quarantine, stats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+
+from registry.labels.domain import (
+    DIAGNOSES,
+    LABEL_SOURCES,
+    Diagnosis,
+    ImportSummary,
+    IntakeRules,
+    LabelEvent,
+    LabelledImage,
+    QuarantinedRow,
+    RegistryStats,
+)
+from registry.labels.errors import LesionConflict, RejectedSubmission, UnknownImage
+from registry.labels.image_store import ImageStore, StagedWrites
+from registry.labels.images import file_extension, inspect_image
+from registry.labels.intake import (
+    CheckedRow,
+    InFileConflicts,
+    SubmittedRow,
+    check_row,
+    conflict_reason,
+    find_image_file,
+    find_in_file_conflicts,
+    read_metadata,
+)
+from registry.labels.repository import (
+    LabelRepository,
+    NewImage,
+    RegisteredImage,
+    Rejection,
+    Relabel,
+)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Batch:
+    """Decisions for one transaction of an intake."""
+
+    steward: str
+    source: str
+    kind: str
+    accepted: list[NewImage] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    unchanged: int = 0
+    accepted_by_image: dict[str, NewImage] = field(default_factory=dict)
+    diagnosis_by_lesion: dict[str, str] = field(default_factory=dict)
+
+
+class LabelRegistry:
+    def __init__(
+        self,
+        repository: LabelRepository,
+        store: ImageStore,
+        rules: IntakeRules,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.repository = repository
+        self.store = store
+        self.rules = rules
+        self._clock = clock
+
+    def recover(self) -> int:
+        """Settle image files left staged by an import that crashed."""
+        return self.store.recover(self.repository.is_stored_path_referenced)
+
+    # -- intake --------------------------------------------------------------------------
+
+    def import_metadata(
+        self, metadata: Path, images_dir: Path, *, steward: str, batch_size: int = 500
+    ) -> ImportSummary:
+        """Register every valid row of a lab export; quarantine the others with a reason.
+
+        Idempotent: rows already registered with the same image and label are `unchanged`,
+        and a row refused before for the same reason is not quarantined twice.
+        """
+        conflicts = find_in_file_conflicts(read_metadata(metadata), self.rules)
+        summary = ImportSummary(source=str(metadata))
+        rows = read_metadata(metadata)
+        while chunk := list(islice(rows, batch_size)):
+            self._take_in(chunk, images_dir, conflicts, steward, str(metadata), "import", summary)
+        return summary
+
+    def add_image(
+        self,
+        image: Path,
+        *,
+        lesion_id: str,
+        diagnosis: Diagnosis,
+        steward: str,
+        image_id: str | None = None,
+        confirmed_at: datetime | None = None,
+    ) -> ImportSummary:
+        """Register one image, by the same rules as an import row."""
+        submitted = {
+            "lesion_id": lesion_id,
+            "image_id": image_id or image.stem,
+            "dx": diagnosis.dx,
+            "dx_type": diagnosis.dx_type,
+            "age": "" if diagnosis.age is None else f"{diagnosis.age:g}",
+            "sex": diagnosis.sex,
+            "localization": diagnosis.localization,
+            "confirmed_at": confirmed_at.isoformat() if confirmed_at else "",
+        }
+        row = SubmittedRow(row_number=0, values=submitted)
+        summary = ImportSummary(source=str(image))
+        self._take_in([row], image, InFileConflicts(), steward, str(image), "add", summary)
+        return summary
+
+    def _take_in(
+        self,
+        rows: Sequence[SubmittedRow],
+        images: Path,
+        conflicts: InFileConflicts,
+        steward: str,
+        source: str,
+        kind: str,
+        summary: ImportSummary,
+    ) -> None:
+        now = self._clock()
+        checked: list[tuple[SubmittedRow, CheckedRow | RejectedSubmission]] = []
+        for row in rows:
+            try:
+                checked_row = check_row(row, self.rules, now)
+            except RejectedSubmission as refusal:
+                checked.append((row, refusal))
+            else:
+                checked.append((row, conflict_reason(checked_row, conflicts) or checked_row))
+        valid = [item for _, item in checked if isinstance(item, CheckedRow)]
+        registered = self.repository.registered_images(item.image_id for item in valid)
+        lesion_dx = self.repository.lesion_diagnoses(item.lesion_id for item in valid)
+        batch = _Batch(steward=steward, source=source, kind=kind)
+        with self.store.staging() as staged:
+            for row, item in checked:
+                if isinstance(item, RejectedSubmission):
+                    batch.rejected.append(self._rejection(row, item, batch))
+                    continue
+                try:
+                    self._decide(item, images, registered, lesion_dx, batch, staged, now)
+                except RejectedSubmission as refusal:
+                    batch.rejected.append(self._rejection(row, refusal, batch))
+            self.repository.record_intake(batch.accepted, batch.rejected, now)
+        summary.rows += len(rows)
+        summary.registered += len(batch.accepted)
+        summary.unchanged += batch.unchanged
+        summary.quarantined += len(batch.rejected)
+        for rejection in batch.rejected:
+            summary.count_reason(rejection.reason_kind)
+        summary.rejections.extend(batch.rejected)
+
+    def _decide(
+        self,
+        row: CheckedRow,
+        images: Path,
+        registered: dict[str, RegisteredImage],
+        lesion_dx: dict[str, str],
+        batch: _Batch,
+        staged: StagedWrites,
+        now: datetime,
+    ) -> None:
+        image_file = images if images.is_file() else find_image_file(images, row.image_id)
+        earlier = registered.get(row.image_id) or _as_registered(
+            batch.accepted_by_image.get(row.image_id)
+        )
+        if earlier is not None:
+            _check_same_as_registered(row, earlier, _read(image_file))
+            batch.unchanged += 1
+            return
+        known_dx = lesion_dx.get(row.lesion_id) or batch.diagnosis_by_lesion.get(row.lesion_id)
+        if known_dx is not None and known_dx != row.diagnosis.dx:
+            raise RejectedSubmission(
+                "lesion-conflict",
+                f"lesion {row.lesion_id} is registered as {known_dx}; this row says "
+                f"{row.diagnosis.dx} (use `cme labels relabel --whole-lesion` to correct it)",
+            )
+        content = _read(image_file)
+        facts = inspect_image(content, self.rules)
+        stored_path = ImageStore.relative_path(facts.sha256, file_extension(facts.format))
+        staged.put(stored_path, content)
+        accepted = NewImage(
+            image_id=row.image_id,
+            lesion_id=row.lesion_id,
+            facts=facts,
+            stored_path=stored_path,
+            diagnosis=row.diagnosis,
+            confirmed_at=row.confirmed_at or now,
+            steward=batch.steward,
+            kind=batch.kind,
+            source=_source_note(batch.source, row.row_number),
+        )
+        batch.accepted.append(accepted)
+        batch.accepted_by_image[row.image_id] = accepted
+        batch.diagnosis_by_lesion[row.lesion_id] = row.diagnosis.dx
+
+    def _rejection(self, row: SubmittedRow, refusal: RejectedSubmission, batch: _Batch) -> Rejection:
+        return Rejection(
+            source=batch.source,
+            row_number=row.row_number or None,
+            image_id=row.image_id,
+            submitted=row.values,
+            reason_kind=refusal.reason_kind,
+            reason=str(refusal),
+            steward=batch.steward,
+        )
+
+    # -- corrections ---------------------------------------------------------------------
+
+    def relabel(
+        self,
+        image_id: str,
+        *,
+        dx: str,
+        dx_type: str,
+        reason: str,
+        steward: str,
+        whole_lesion: bool = False,
+    ) -> list[LabelEvent]:
+        """Append a new label event (never an overwrite). A lesion keeps one diagnosis, so
+        relabelling one of several images of a lesion needs `whole_lesion`."""
+        dx, dx_type = _vocabulary(dx, DIAGNOSES, "dx"), _vocabulary(dx_type, LABEL_SOURCES, "dx_type")
+        if not reason.strip():
+            raise RejectedSubmission("missing-reason", "a relabel needs a reason")
+        image = self.repository.registered_images([image_id]).get(image_id)
+        if image is None:
+            raise UnknownImage(f"no registered image has image_id {image_id}")
+        siblings = self.repository.images_of_lesion(image.lesion_id)
+        disagreeing = [s for s in siblings if s.image_id != image_id and s.diagnosis.dx != dx]
+        if disagreeing and not whole_lesion:
+            raise LesionConflict(
+                f"lesion {image.lesion_id} has {len(disagreeing)} other image(s) labelled "
+                f"{disagreeing[0].diagnosis.dx}; a lesion has one diagnosis, so pass "
+                f"--whole-lesion to relabel all {len(siblings)} images of it"
+            )
+        now = self._clock()
+        targets = siblings if whole_lesion else [image]
+        relabels = [
+            Relabel(
+                image_id=target.image_id,
+                version=target.version + 1,
+                diagnosis=replace(target.diagnosis, dx=dx, dx_type=dx_type),
+                steward=steward,
+                reason=reason.strip(),
+                confirmed_at=now,
+            )
+            for target in targets
+            if (target.diagnosis.dx, target.diagnosis.dx_type) != (dx, dx_type)
+        ]
+        if relabels:
+            self.repository.append_relabels(relabels, now)
+        return [event for r in relabels for event in self.repository.history(r.image_id)[-1:]]
+
+    # -- reading -------------------------------------------------------------------------
+
+    def labels(
+        self, *, since: datetime | None = None, sources: Sequence[str] | None = None
+    ) -> Iterator[LabelledImage]:
+        return self.repository.current_labels(since=since, sources=sources)
+
+    def history(self, image_id: str) -> list[LabelEvent]:
+        return self.repository.history(image_id)
+
+    def quarantine(self) -> list[QuarantinedRow]:
+        return self.repository.quarantined()
+
+    def stats(self) -> RegistryStats:
+        return self.repository.stats()
+
+    def image_path(self, image: LabelledImage) -> Path:
+        return self.store.absolute(image.stored_path)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise RejectedSubmission("unreadable-image", f"cannot read {path}: {error}") from None
+
+
+def _check_same_as_registered(row: CheckedRow, earlier: RegisteredImage, content: bytes) -> None:
+    import hashlib
+
+    if hashlib.sha256(content).hexdigest() != earlier.sha256:
+        raise RejectedSubmission(
+            "image-changed",
+            f"image_id {row.image_id} is registered with different image bytes "
+            f"(sha256 {earlier.sha256[:12]}...)",
+        )
+    if row.lesion_id != earlier.lesion_id:
+        raise RejectedSubmission(
+            "lesion-changed",
+            f"image_id {row.image_id} is registered under lesion {earlier.lesion_id}",
+        )
+    if row.diagnosis != earlier.diagnosis:
+        was = earlier.diagnosis
+        raise RejectedSubmission(
+            "already-labelled",
+            f"image_id {row.image_id} is registered as {was.dx}/{was.dx_type} with other "
+            "metadata; use `cme labels relabel` to correct a label",
+        )
+
+
+def _as_registered(image: NewImage | None) -> RegisteredImage | None:
+    if image is None:
+        return None
+    return RegisteredImage(
+        image.image_id, image.lesion_id, image.facts.sha256, image.diagnosis, version=1
+    )
+
+
+def _vocabulary(value: str, allowed: Iterable[str], column: str) -> str:
+    normalised = value.strip().lower()
+    if normalised not in allowed:
+        raise RejectedSubmission(
+            f"unknown-{column.replace('_', '-')}",
+            f"{column} {value!r} is not one of: {', '.join(sorted(allowed))}",
+        )
+    return normalised
+
+
+def _source_note(source: str, row_number: int) -> str:
+    return f"{source}:{row_number}" if row_number else source

@@ -1,0 +1,112 @@
+"""Shared fixtures. The label registry tests run on SQLite and on the real PostgreSQL at
+127.0.0.1:5432 (a fresh database per test session, dropped at the end)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from pipelines.sample_data import SampleSpec, write_sample_data
+from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelRepository
+from registry.labels.domain import METADATA_COLUMNS
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CME_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+HAM10000 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ham10000"
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        engine = create_engine(POSTGRES_ADMIN_URL)
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as error:  # any failure to connect means "not reachable"
+        return str(error).splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, at the current schema."""
+    problem = _postgres_reachable()
+    if problem is not None:
+        if os.environ.get("CME_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL required (CME_REQUIRE_POSTGRES) but unreachable: {problem}")
+        pytest.skip(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {problem}")
+    name = f"cme_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    LabelRepository.open(url, migrate=True).close()
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _empty_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE label_events, images, lesions, quarantine CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty label registry database: SQLite in a temp folder, or the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'labels.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    _empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+def image_store(tmp_path: Path) -> ImageStore:
+    return ImageStore(tmp_path / "store")
+
+
+@pytest.fixture
+def registry(database_url: str, image_store: ImageStore) -> Iterator[LabelRegistry]:
+    repository = LabelRepository.open(database_url, migrate=True)
+    yield LabelRegistry(repository, image_store, IntakeRules())
+    repository.close()
+
+
+@pytest.fixture(scope="session")
+def generated_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 generated 64-px images in the HAM10000 layout; never modified by tests."""
+    folder = tmp_path_factory.mktemp("generated")
+    write_sample_data(folder, SampleSpec(n=24, seed=7, image_size=64))
+    return folder
+
+
+@pytest.fixture
+def lab_export(generated_set: Path, tmp_path: Path) -> Path:
+    """A writable copy of the generated set (metadata.csv + images/) for one test."""
+    target = tmp_path / "export"
+    shutil.copytree(generated_set, target)
+    return target
+
+
+def read_rows(metadata: Path) -> list[dict[str, str]]:
+    with metadata.open(newline="", encoding="utf-8-sig") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_rows(metadata: Path, rows: list[dict[str, str]], columns: tuple[str, ...] = METADATA_COLUMNS) -> None:
+    with metadata.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
