@@ -1,0 +1,3 @@
+from cme.cli import main
+
+main()

@@ -1,0 +1,88 @@
+"""A crash mid-import leaves no half-written rows and no orphan files (both backends).
+
+The importer runs in a child process that dies (os._exit, no cleanup) at the two dangerous
+moments: inside a database transaction, and after a commit but before its image files were
+moved into the store. The registry is then opened afresh, as the next command would.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelRepository
+from tests.conftest import read_rows
+
+pytestmark = pytest.mark.integration
+
+CRASHING_IMPORT = r"""
+import os, sys
+from pathlib import Path
+from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelRepository
+from registry.labels import image_store, repository
+
+url, store, export, moment = sys.argv[1:]
+calls = {"n": 0}
+
+def dies_on_second_call(original):
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os._exit(9)
+        return original(*args, **kwargs)
+    return wrapper
+
+if moment == "inside-transaction":
+    repository.LabelRepository._quarantine = dies_on_second_call(repository.LabelRepository._quarantine)
+else:
+    image_store.StagedWrites.publish = dies_on_second_call(image_store.StagedWrites.publish)
+
+registry = LabelRegistry(LabelRepository.open(url, migrate=True), ImageStore(Path(store)), IntakeRules())
+registry.import_metadata(Path(export) / "metadata.csv", Path(export) / "images", steward="crash", batch_size=5)
+"""
+
+
+def crash_import(url: str, store: Path, export: Path, moment: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CRASHING_IMPORT, url, str(store), str(export), moment],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 9, result.stderr
+
+
+def open_registry(url: str, store: Path) -> LabelRegistry:
+    registry = LabelRegistry(LabelRepository.open(url, migrate=True), ImageStore(store), IntakeRules())
+    registry.recover()
+    return registry
+
+
+def files_in(store: Path) -> set[str]:
+    return {str(p.relative_to(store)) for p in store.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("moment", "images_kept"), [("inside-transaction", 5), ("after-commit", 10)]
+)
+def test_a_crash_leaves_the_registry_consistent(database_url, lab_export, tmp_path, moment, images_kept):
+    store = tmp_path / "store"
+    crash_import(database_url, store, lab_export, moment)
+
+    registry = open_registry(database_url, store)
+    try:
+        labels = list(registry.labels())
+        assert len(labels) == images_kept  # whole batches only
+        assert registry.stats().label_events == images_kept  # no image without its label event
+        assert files_in(store) == {image.stored_path for image in labels}  # no orphan, none missing
+        assert not (store / ".staging").exists() or not any((store / ".staging").iterdir())
+
+        summary = registry.import_metadata(
+            lab_export / "metadata.csv", lab_export / "images", steward="ana", batch_size=5
+        )
+        rows = read_rows(lab_export / "metadata.csv")
+        assert (summary.registered, summary.unchanged) == (len(rows) - images_kept, images_kept)
+        assert files_in(store) == {image.stored_path for image in registry.labels()}
+    finally:
+        registry.repository.close()

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cme.params import ParamsError, load_params
+from cme.settings import Settings
+
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def test_repository_params_file_is_valid_and_matches_the_embedded_defaults():
+    from_file = load_params(REPO_PARAMS)
+    assert from_file == load_params(Path("/nonexistent/params.yaml"))
+
+
+def test_overrides_are_typed_like_dvc_exp_run_set():
+    params = load_params(REPO_PARAMS, ["intake.batch_size=64", "sample_data.melanoma_fraction=0.5"])
+    assert params.intake.batch_size == 64
+    assert params.sample_data.melanoma_fraction == 0.5
+    assert params.intake.rules().max_pixels == 40_000_000
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("intake.batch_sise=3", "unknown key 'batch_sise'"),
+        ("intake=3", "is a section"),
+        ("intake.batch_size", "expected key=value"),
+        ("intake.batch_size=-1", "intake.batch_size"),
+        ("sample_data.n=lots", "sample_data.n"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(REPO_PARAMS, [override])
+
+
+def test_a_params_file_with_an_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("intake:\n  max_pixel: 5\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: intake.max_pixel"):
+        load_params(path)
+
+
+def test_settings_default_to_embedded_stores_under_cme_home(monkeypatch, tmp_path):
+    for name in ("CME_DATABASE_URL", "CME_AUTO_MIGRATE", "CME_IMAGE_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CME_HOME", str(tmp_path / "home"))
+    settings = Settings()
+    assert settings.label_database_url == f"sqlite:///{tmp_path / 'home' / 'labels.db'}"
+    assert settings.migrates_automatically
+    assert settings.image_store_dir == Path("data/images")
+
+    monkeypatch.setenv("CME_DATABASE_URL", "postgresql+psycopg2://cme@db/cme")
+    assert not Settings().migrates_automatically
+
+
+def test_importing_the_package_has_no_side_effects(tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "import cme, cme.cli, registry.labels, pipelines.sample_data"],
+                   cwd=tmp_path, check=True)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
