@@ -56,7 +56,9 @@ def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:
     if path.exists():
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         if loaded is not None and not isinstance(loaded, dict):
-            raise ParamsError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+            raise ParamsError(
+                f"{path}: expected a mapping of sections, got {type(loaded).__name__}"
+            )
         raw = loaded or {}
     for override in overrides:
         _apply_override(raw, override)
@@ -86,10 +88,12 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
         if is_leaf:
             if nested:
-                raise ParamsError(f"override {override!r}: {key} is a section, name one of its keys")
+                raise ParamsError(
+                    f"override {override!r}: {key} is a section, name one of its keys"
+                )
             node[part] = yaml.safe_load(text)
             return
         if not nested:
             raise ParamsError(f"override {override!r}: {part} is not a section")
         node = node.setdefault(part, {})
-        known = annotation.model_fields  # type: ignore[union-attr]
+        known = annotation.model_fields

@@ -140,14 +140,16 @@ def render_lesion(
     picture = skin * (1 - mask) + pigment * mask
     picture = _add_hairs(picture, rng, size)
     picture *= _lighting(rng, size)
-    return np.clip(picture, 0, 255).astype(np.uint8)
+    photograph: np.ndarray = np.clip(picture, 0, 255).astype(np.uint8)
+    return photograph
 
 
 def _skin(rng: np.random.Generator, size: int) -> np.ndarray:
     tone = np.array([228, 184, 162], dtype=np.float32) * rng.uniform(0.82, 1.05)
     tone += rng.normal(0, 6, 3)
     texture = _smooth_noise(rng, size, blur=1.2) * 9 + _smooth_noise(rng, size, blur=6) * 14
-    return np.broadcast_to(tone, (size, size, 3)) + texture[..., None]
+    skin: np.ndarray = np.broadcast_to(tone, (size, size, 3)) + texture[..., None]
+    return skin
 
 
 def _lesion_shape(
@@ -177,15 +179,16 @@ def _pigment(
     brown = BENIGN_BROWNS[shape_rng.integers(len(BENIGN_BROWNS))]
     shade = 1 - 0.18 * np.clip(1 - distance, 0, 1)
     even = brown * shade[..., None] + colour_field[..., None] * 4
-    zones = int(round(1 + 3 * atypia))
+    zones = round(1 + 3 * atypia)
     if zones < 2:
-        return even
+        return np.asarray(even, dtype=np.float32)
     colours = MELANOMA_PALETTE[shape_rng.choice(len(MELANOMA_PALETTE), zones, replace=False)]
     cuts = np.quantile(colour_field, np.linspace(0, 1, zones + 1)[1:-1])
     mottled = colours[np.digitize(colour_field, cuts)]
     mottled += _smooth_noise(shape_rng, size, blur=2.0)[..., None] * 18
     blend = min(1.0, 0.35 + 0.65 * atypia)
-    return even * (1 - blend) + mottled * blend
+    pigment: np.ndarray = even * (1 - blend) + mottled * blend
+    return pigment
 
 
 def _add_hairs(picture: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -203,7 +206,9 @@ def _add_hairs(picture: np.ndarray, rng: np.random.Generator, size: int) -> np.n
         draw.line(points, fill=255, width=max(1, round(size / 110)))
     alpha = np.asarray(overlay.filter(ImageFilter.GaussianBlur(0.5)), dtype=np.float32) / 255
     hair_colour = np.array([40, 28, 22], dtype=np.float32)
-    result: np.ndarray = picture * (1 - alpha[..., None] * 0.85) + hair_colour * alpha[..., None] * 0.85
+    result: np.ndarray = (
+        picture * (1 - alpha[..., None] * 0.85) + hair_colour * alpha[..., None] * 0.85
+    )
     return result
 
 
@@ -212,7 +217,9 @@ def _lighting(rng: np.random.Generator, size: int) -> np.ndarray:
     vignette = 1 - rng.uniform(0.5, 1.1) * np.clip(np.hypot(yy, xx) - 0.3, 0, None) ** 1.5 * 3
     gradient = 1 + rng.normal(0, 0.06) * xx + rng.normal(0, 0.06) * yy
     cast = rng.uniform(0.93, 1.07, 3)
-    return (np.clip(vignette, 0.2, 1) * gradient)[..., None] * cast * rng.uniform(0.85, 1.1)
+    exposure = rng.uniform(0.85, 1.1)
+    light: np.ndarray = (np.clip(vignette, 0.2, 1) * gradient)[..., None] * cast * exposure
+    return light
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, blur: float) -> np.ndarray:

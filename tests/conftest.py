@@ -105,7 +105,9 @@ def read_rows(metadata: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def write_rows(metadata: Path, rows: list[dict[str, str]], columns: tuple[str, ...] = METADATA_COLUMNS) -> None:
+def write_rows(
+    metadata: Path, rows: list[dict[str, str]], columns: tuple[str, ...] = METADATA_COLUMNS
+) -> None:
     with metadata.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -21,7 +21,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -82,8 +82,12 @@ def _emit_json(rows: Iterable[dict[str, Any]]) -> None:
 
 def _emit_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     cells = [[_cell(row.get(column)) for column in columns] for row in rows]
-    widths = [max([len(column), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]
-    typer.echo("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)))
+    widths = [
+        max([len(column), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)
+    ]
+    typer.echo(
+        "  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True))
+    )
     for line in cells:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
     if not rows:

@@ -24,8 +24,10 @@ def upgrade(revision: str = typer.Argument("head")) -> None:
         schema.upgrade(engine, revision)
         typer.echo(f"label registry at revision {schema.current_revision(engine)}")
     except DBAPIError as error:
-        fail(f"cannot migrate {engine.url.render_as_string(hide_password=True)}: {error.orig}",
-             EXIT_UNAVAILABLE)  # fmt: skip
+        fail(
+            f"cannot migrate {engine.url.render_as_string(hide_password=True)}: {error.orig}",
+            EXIT_UNAVAILABLE,
+        )
     finally:
         engine.dispose()
 
@@ -40,7 +42,9 @@ def current() -> None:
 
     engine = create_engine(bootstrap().settings.label_database_url)
     try:
-        typer.echo(f"database {schema.current_revision(engine) or 'empty'}; "
-                   f"code needs {schema.head_revision()}")  # fmt: skip
+        typer.echo(
+            f"database {schema.current_revision(engine) or 'empty'}; "
+            f"code needs {schema.head_revision()}"
+        )
     finally:
         engine.dispose()

@@ -14,14 +14,44 @@ from cme.cli.common import EXIT_USAGE, OVERRIDES, OutputFormat, emit, fail, open
 app = typer.Typer(help="Register labelled images, correct labels, read the registry.")
 
 LABEL_COLUMNS = (
-    "image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization",
-    "confirmed_at", "steward", "label_version", "sha256", "width", "height",
-    "brightness_mean", "brightness_std", "stored_path",
-)  # fmt: skip
-TABLE_COLUMNS = ("image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization",
-                 "confirmed_at")  # fmt: skip
-QUARANTINE_COLUMNS = ("quarantine_id", "source", "row_number", "image_id", "reason_kind",
-                      "reason", "steward", "quarantined_at", "submitted")  # fmt: skip
+    "image_id",
+    "lesion_id",
+    "dx",
+    "dx_type",
+    "age",
+    "sex",
+    "localization",
+    "confirmed_at",
+    "steward",
+    "label_version",
+    "sha256",
+    "width",
+    "height",
+    "brightness_mean",
+    "brightness_std",
+    "stored_path",
+)
+TABLE_COLUMNS = (
+    "image_id",
+    "lesion_id",
+    "dx",
+    "dx_type",
+    "age",
+    "sex",
+    "localization",
+    "confirmed_at",
+)
+QUARANTINE_COLUMNS = (
+    "quarantine_id",
+    "source",
+    "row_number",
+    "image_id",
+    "reason_kind",
+    "reason",
+    "steward",
+    "quarantined_at",
+    "submitted",
+)
 STEWARD = typer.Option(None, "--steward", help="Who registers this; default $CME_STEWARD, $USER.")
 
 
@@ -80,9 +110,12 @@ def add(
     with opened_app() as cme:
         registry = cme.label_registry(cme.params(overrides).intake.rules())
         summary = registry.add_image(
-            image, lesion_id=lesion_id, diagnosis=diagnosis,
-            steward=cme.steward(steward), image_id=image_id,
-        )  # fmt: skip
+            image,
+            lesion_id=lesion_id,
+            diagnosis=diagnosis,
+            steward=cme.steward(steward),
+            image_id=image_id,
+        )
     if summary.rejections:
         rejection = summary.rejections[0]
         typer.secho(f"quarantined {image}: {rejection.reason}", fg=typer.colors.RED, err=True)
@@ -108,9 +141,13 @@ def relabel(
     with opened_app() as cme:
         try:
             events = cme.label_registry().relabel(
-                image_id, dx=dx, dx_type=dx_type, reason=reason,
-                steward=cme.steward(steward), whole_lesion=whole_lesion,
-            )  # fmt: skip
+                image_id,
+                dx=dx,
+                dx_type=dx_type,
+                reason=reason,
+                steward=cme.steward(steward),
+                whole_lesion=whole_lesion,
+            )
         except RejectedSubmission as error:
             fail(str(error), EXIT_USAGE)
     if not events:
@@ -134,7 +171,9 @@ def list_labels(
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     with opened_app() as cme:
-        rows = (_label_row(image) for image in cme.label_registry().labels(since=since, sources=sources))
+        rows = (
+            _label_row(image) for image in cme.label_registry().labels(since=since, sources=sources)
+        )
         emit(rows, TABLE_COLUMNS if output is OutputFormat.table else LABEL_COLUMNS, output)
 
 
@@ -149,11 +188,17 @@ def history(
     if not events:
         fail(f"no registered image has image_id {image_id}")
     rows = [
-        {"event_id": e.event_id, "kind": e.kind, **asdict(e.diagnosis),
-         "confirmed_at": e.confirmed_at.isoformat(), "steward": e.steward,
-         "reason": e.reason, "source": e.source}
+        {
+            "event_id": e.event_id,
+            "kind": e.kind,
+            **asdict(e.diagnosis),
+            "confirmed_at": e.confirmed_at.isoformat(),
+            "steward": e.steward,
+            "reason": e.reason,
+            "source": e.source,
+        }
         for e in events
-    ]  # fmt: skip
+    ]
     emit(rows, list(rows[0]), output)
 
 
@@ -182,10 +227,15 @@ def stats(output: OutputFormat = typer.Option(OutputFormat.table, "--format")) -
 
         typer.echo(json.dumps(asdict(figures), indent=2))
         return
-    typer.echo(f"images {figures.images}  lesions {figures.lesions}  "
-               f"label events {figures.label_events}  quarantined {figures.quarantined}")  # fmt: skip
-    for title, counts in (("dx", figures.by_dx), ("dx_type", figures.by_dx_type),
-                          ("quarantine reason", figures.quarantine_by_reason)):  # fmt: skip
+    typer.echo(
+        f"images {figures.images}  lesions {figures.lesions}  "
+        f"label events {figures.label_events}  quarantined {figures.quarantined}"
+    )
+    for title, counts in (
+        ("dx", figures.by_dx),
+        ("dx_type", figures.by_dx_type),
+        ("quarantine reason", figures.quarantine_by_reason),
+    ):
         typer.echo(f"{title}:")
         for key, count in counts.items():
             typer.echo(f"  {key:<22} {count}")

@@ -79,7 +79,7 @@ class ImageStore:
     def _move_into_place(self, staged_file: Path, relative: str) -> None:
         target = self.absolute(relative)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged_file, target)
+        staged_file.replace(target)
 
 
 class StagedWrites:
@@ -98,7 +98,7 @@ class StagedWrites:
         staged = folder / relative.replace("/", "__")
         temporary = staged.with_name(staged.name + ".part")
         temporary.write_bytes(content)
-        os.replace(temporary, staged)
+        temporary.replace(staged)
         self._pending[relative] = staged
 
     def publish(self) -> None:

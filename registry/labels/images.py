@@ -28,7 +28,9 @@ def inspect_image(content: bytes, rules: IntakeRules) -> ImageFacts:
         try:
             image = Image.open(io.BytesIO(content))
         except Image.DecompressionBombError as error:
-            raise RejectedSubmission("too-large", f"image too large to decode safely: {error}")
+            raise RejectedSubmission(
+                "too-large", f"image too large to decode safely: {error}"
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise RejectedSubmission("not-an-image", "file is not a readable image") from None
         with image:
@@ -36,7 +38,9 @@ def inspect_image(content: bytes, rules: IntakeRules) -> ImageFacts:
             try:
                 image.load()
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-                raise RejectedSubmission("undecodable", f"image cannot be decoded: {error}")
+                raise RejectedSubmission(
+                    "undecodable", f"image cannot be decoded: {error}"
+                ) from None
             luminance = np.asarray(image.convert("L"), dtype=np.float32)
             return ImageFacts(
                 sha256=hashlib.sha256(content).hexdigest(),
@@ -66,7 +70,8 @@ def _check_header(image: Image.Image, rules: IntakeRules) -> None:
     if min(width, height) < rules.min_side or max(width, height) > rules.max_side:
         raise RejectedSubmission(
             "size-out-of-bounds",
-            f"image of {width}x{height} pixels is outside {rules.min_side}..{rules.max_side} px a side",
+            f"image of {width}x{height} pixels is outside "
+            f"{rules.min_side}..{rules.max_side} px a side",
         )
 
 

@@ -230,7 +230,5 @@ def _checked_confirmed_at(value: str, now: datetime) -> datetime | None:
         ) from None
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     if moment > now:
-        raise RejectedSubmission(
-            "invalid-confirmed-at", f"confirmed_at {value} is in the future"
-        )
+        raise RejectedSubmission("invalid-confirmed-at", f"confirmed_at {value} is in the future")
     return moment

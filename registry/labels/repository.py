@@ -172,18 +172,15 @@ class LabelRepository:
 
     def stats(self) -> RegistryStats:
         with self._reading() as connection:
-            count = lambda table: connection.execute(  # noqa: E731
-                select(func.count()).select_from(table)
-            ).scalar_one()
             current = _current_labels().subquery()
             by_dx = _grouped_counts(connection, current.c.dx)
             by_dx_type = _grouped_counts(connection, current.c.dx_type)
             by_reason = _grouped_counts(connection, QuarantineRow.reason_kind)
             return RegistryStats(
-                images=count(ImageRow),
-                lesions=count(LesionRow),
-                label_events=count(LabelEventRow),
-                quarantined=count(QuarantineRow),
+                images=_count(connection, ImageRow),
+                lesions=_count(connection, LesionRow),
+                label_events=_count(connection, LabelEventRow),
+                quarantined=_count(connection, QuarantineRow),
                 by_dx=by_dx,
                 by_dx_type=by_dx_type,
                 quarantine_by_reason=by_reason,
@@ -241,7 +238,7 @@ class LabelRepository:
         if not rejections:
             return 0
         unique = {rejection.fingerprint: rejection for rejection in rejections}
-        existing = set()
+        existing: set[str] = set()
         for chunk in _chunks(sorted(unique)):
             query = select(QuarantineRow.fingerprint).where(QuarantineRow.fingerprint.in_(chunk))
             existing.update(connection.execute(query).scalars())
@@ -327,6 +324,10 @@ def _current_labels() -> Select[Any]:
             ),
         )
     )
+
+
+def _count(connection: Connection, table: Any) -> int:
+    return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
 
 
 def _grouped_counts(connection: Connection, column: Any) -> dict[str, int]:

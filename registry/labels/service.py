@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -206,7 +207,9 @@ class LabelRegistry:
         batch.accepted_by_image[row.image_id] = accepted
         batch.diagnosis_by_lesion[row.lesion_id] = row.diagnosis.dx
 
-    def _rejection(self, row: SubmittedRow, refusal: RejectedSubmission, batch: _Batch) -> Rejection:
+    def _rejection(
+        self, row: SubmittedRow, refusal: RejectedSubmission, batch: _Batch
+    ) -> Rejection:
         return Rejection(
             source=batch.source,
             row_number=row.row_number or None,
@@ -231,7 +234,10 @@ class LabelRegistry:
     ) -> list[LabelEvent]:
         """Append a new label event (never an overwrite). A lesion keeps one diagnosis, so
         relabelling one of several images of a lesion needs `whole_lesion`."""
-        dx, dx_type = _vocabulary(dx, DIAGNOSES, "dx"), _vocabulary(dx_type, LABEL_SOURCES, "dx_type")
+        dx, dx_type = (
+            _vocabulary(dx, DIAGNOSES, "dx"),
+            _vocabulary(dx_type, LABEL_SOURCES, "dx_type"),
+        )
         if not reason.strip():
             raise RejectedSubmission("missing-reason", "a relabel needs a reason")
         image = self.repository.registered_images([image_id]).get(image_id)
@@ -291,8 +297,6 @@ def _read(path: Path) -> bytes:
 
 
 def _check_same_as_registered(row: CheckedRow, earlier: RegisteredImage, content: bytes) -> None:
-    import hashlib
-
     if hashlib.sha256(content).hexdigest() != earlier.sha256:
         raise RejectedSubmission(
             "image-changed",

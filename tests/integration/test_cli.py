@@ -23,14 +23,22 @@ pytestmark = pytest.mark.integration
 def cme(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cme", *args],
-        capture_output=True, text=True, env={**os.environ, **env}, cwd=cwd, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    env = {"CME_HOME": str(tmp_path / "home"), "CME_DATA_DIR": str(tmp_path / "data"),
-           "CME_STEWARD": "dana", "CME_PARAMS_FILE": str(tmp_path / "params.yaml")}  # fmt: skip
+    env = {
+        "CME_HOME": str(tmp_path / "home"),
+        "CME_DATA_DIR": str(tmp_path / "data"),
+        "CME_STEWARD": "dana",
+        "CME_PARAMS_FILE": str(tmp_path / "params.yaml"),
+    }
     env.pop("CME_DATABASE_URL", None)
     return tmp_path, env
 
@@ -56,8 +64,9 @@ def test_import_exit_codes_and_summary(workdir, lab_export):
     assert missing.returncode == 2 and "nope.csv: no such metadata file" in missing.stderr
     no_dir = cme("labels", "import", metadata, "--images", str(cwd / "nodir"), env=env, cwd=cwd)
     assert no_dir.returncode == 2 and "no such folder" in no_dir.stderr
-    bad_override = cme("labels", "import", metadata, "--images", images, "-S", "intake.nope=1",
-                       env=env, cwd=cwd)  # fmt: skip
+    bad_override = cme(
+        "labels", "import", metadata, "--images", images, "-S", "intake.nope=1", env=env, cwd=cwd
+    )
     assert bad_override.returncode == 2 and "unknown key 'nope'" in bad_override.stderr
 
 
@@ -66,8 +75,15 @@ def test_list_and_quarantine_formats(workdir, lab_export):
     rows = read_rows(lab_export / "metadata.csv")
     rows[1]["dx"] = "??"
     write_rows(lab_export / "metadata.csv", rows)
-    cme("labels", "import", str(lab_export / "metadata.csv"), "--images",
-        str(lab_export / "images"), env=env, cwd=cwd)  # fmt: skip
+    cme(
+        "labels",
+        "import",
+        str(lab_export / "metadata.csv"),
+        "--images",
+        str(lab_export / "images"),
+        env=env,
+        cwd=cwd,
+    )
 
     listed = cme("labels", "list", "--format", "csv", env=env, cwd=cwd)
     records = list(csv.DictReader(io.StringIO(listed.stdout)))
@@ -75,15 +91,18 @@ def test_list_and_quarantine_formats(workdir, lab_export):
     assert {"image_id", "lesion_id", "dx", "dx_type", "confirmed_at", "sha256"} <= set(records[0])
     assert records[0]["steward"] == "dana"
 
-    histo = json.loads(cme("labels", "list", "--source", "histo", "--format", "json",
-                           env=env, cwd=cwd).stdout)  # fmt: skip
+    histo = json.loads(
+        cme("labels", "list", "--source", "histo", "--format", "json", env=env, cwd=cwd).stdout
+    )
     assert {r["dx_type"] for r in histo} == {"histo"}
     assert len(histo) == sum(r["dx_type"] == "histo" for i, r in enumerate(rows) if i != 1)
 
     [entry] = json.loads(cme("labels", "quarantine", "--format", "json", env=env, cwd=cwd).stdout)
     assert (entry["reason_kind"], entry["row_number"], entry["submitted"]["dx"]) == (
-        "unknown-dx", 3, "??",
-    )  # fmt: skip
+        "unknown-dx",
+        3,
+        "??",
+    )
     stats = json.loads(cme("labels", "stats", "--format", "json", env=env, cwd=cwd).stdout)
     assert stats["images"] == len(rows) - 1 and stats["quarantined"] == 1
 
@@ -91,19 +110,57 @@ def test_list_and_quarantine_formats(workdir, lab_export):
 def test_add_and_relabel_from_the_terminal(workdir, lab_export):
     cwd, env = workdir
     picture = lab_export / "images" / f"{read_rows(lab_export / 'metadata.csv')[0]['image_id']}.jpg"
-    added = cme("labels", "add", str(picture), "--lesion-id", "HAM_X1", "--dx", "nv",
-                "--dx-type", "histo", "--age", "40", "--sex", "female", env=env, cwd=cwd)  # fmt: skip
+    added = cme(
+        "labels",
+        "add",
+        str(picture),
+        "--lesion-id",
+        "HAM_X1",
+        "--dx",
+        "nv",
+        "--dx-type",
+        "histo",
+        "--age",
+        "40",
+        "--sex",
+        "female",
+        env=env,
+        cwd=cwd,
+    )
     assert added.returncode == 0, added.stderr
 
-    relabelled = cme("labels", "relabel", picture.stem, "--dx", "mel", "--dx-type", "histo",
-                     "--reason", "excision histopathology", env=env, cwd=cwd)  # fmt: skip
+    relabelled = cme(
+        "labels",
+        "relabel",
+        picture.stem,
+        "--dx",
+        "mel",
+        "--dx-type",
+        "histo",
+        "--reason",
+        "excision histopathology",
+        env=env,
+        cwd=cwd,
+    )
     assert relabelled.returncode == 0 and "now mel/histo" in relabelled.stdout
-    history = json.loads(cme("labels", "history", picture.stem, "--format", "json",
-                             env=env, cwd=cwd).stdout)  # fmt: skip
+    history = json.loads(
+        cme("labels", "history", picture.stem, "--format", "json", env=env, cwd=cwd).stdout
+    )
     assert [(e["kind"], e["dx"]) for e in history] == [("add", "nv"), ("relabel", "mel")]
 
-    refused = cme("labels", "add", str(lab_export / "metadata.csv"), "--lesion-id", "HAM_X2",
-                  "--dx", "nv", "--dx-type", "histo", env=env, cwd=cwd)  # fmt: skip
+    refused = cme(
+        "labels",
+        "add",
+        str(lab_export / "metadata.csv"),
+        "--lesion-id",
+        "HAM_X2",
+        "--dx",
+        "nv",
+        "--dx-type",
+        "histo",
+        env=env,
+        cwd=cwd,
+    )
     assert refused.returncode == 1 and "not a readable image" in refused.stderr
 
 
@@ -119,7 +176,9 @@ def empty_postgres_database(postgres_database) -> str:
     admin.dispose()
 
 
-def test_production_database_must_be_migrated_explicitly(workdir, lab_export, empty_postgres_database):
+def test_production_database_must_be_migrated_explicitly(
+    workdir, lab_export, empty_postgres_database
+):
     cwd, env = workdir
     env = {**env, "CME_DATABASE_URL": empty_postgres_database}
 
@@ -128,8 +187,15 @@ def test_production_database_must_be_migrated_explicitly(workdir, lab_export, em
 
     upgraded = cme("db", "upgrade", env=env, cwd=cwd)
     assert upgraded.returncode == 0 and "at revision 0001" in upgraded.stdout
-    imported = cme("labels", "import", str(lab_export / "metadata.csv"), "--images",
-                   str(lab_export / "images"), env=env, cwd=cwd)  # fmt: skip
+    imported = cme(
+        "labels",
+        "import",
+        str(lab_export / "metadata.csv"),
+        "--images",
+        str(lab_export / "images"),
+        env=env,
+        cwd=cwd,
+    )
     assert imported.returncode == 0, imported.stderr
 
 
@@ -143,8 +209,18 @@ def test_unreachable_database_is_a_clear_error(workdir):
 
 def test_sample_data_then_params_overrides(workdir):
     cwd, env = workdir
-    made = cme("sample-data", str(cwd / "set"), "--n", "6", "--seed", "4",
-               "-S", "sample_data.image_size=48", env=env, cwd=cwd)  # fmt: skip
+    made = cme(
+        "sample-data",
+        str(cwd / "set"),
+        "--n",
+        "6",
+        "--seed",
+        "4",
+        "-S",
+        "sample_data.image_size=48",
+        env=env,
+        cwd=cwd,
+    )
     assert made.returncode == 0, made.stderr
     assert len(list((cwd / "set" / "images").glob("*.jpg"))) == 6
     shown = cme("params", "-S", "intake.batch_size=7", env=env, cwd=cwd)

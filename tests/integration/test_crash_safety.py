@@ -36,25 +36,35 @@ def dies_on_second_call(original):
     return wrapper
 
 if moment == "inside-transaction":
-    repository.LabelRepository._quarantine = dies_on_second_call(repository.LabelRepository._quarantine)
+    Repository = repository.LabelRepository
+    Repository._quarantine = dies_on_second_call(Repository._quarantine)
 else:
-    image_store.StagedWrites.publish = dies_on_second_call(image_store.StagedWrites.publish)
+    Staged = image_store.StagedWrites
+    Staged.publish = dies_on_second_call(Staged.publish)
 
-registry = LabelRegistry(LabelRepository.open(url, migrate=True), ImageStore(Path(store)), IntakeRules())
-registry.import_metadata(Path(export) / "metadata.csv", Path(export) / "images", steward="crash", batch_size=5)
+opened = LabelRepository.open(url, migrate=True)
+registry = LabelRegistry(opened, ImageStore(Path(store)), IntakeRules())
+export = Path(export)
+registry.import_metadata(
+    export / "metadata.csv", export / "images", steward="crash", batch_size=5
+)
 """
 
 
 def crash_import(url: str, store: Path, export: Path, moment: str) -> None:
     result = subprocess.run(
         [sys.executable, "-c", CRASHING_IMPORT, url, str(store), str(export), moment],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 9, result.stderr
 
 
 def open_registry(url: str, store: Path) -> LabelRegistry:
-    registry = LabelRegistry(LabelRepository.open(url, migrate=True), ImageStore(store), IntakeRules())
+    registry = LabelRegistry(
+        LabelRepository.open(url, migrate=True), ImageStore(store), IntakeRules()
+    )
     registry.recover()
     return registry
 
@@ -66,7 +76,9 @@ def files_in(store: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("moment", "images_kept"), [("inside-transaction", 5), ("after-commit", 10)]
 )
-def test_a_crash_leaves_the_registry_consistent(database_url, lab_export, tmp_path, moment, images_kept):
+def test_a_crash_leaves_the_registry_consistent(
+    database_url, lab_export, tmp_path, moment, images_kept
+):
     store = tmp_path / "store"
     crash_import(database_url, store, lab_export, moment)
 

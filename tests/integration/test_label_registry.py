@@ -49,8 +49,10 @@ def test_import_registers_every_row_with_its_image_and_label(registry, lab_expor
     first = rows[0]
     image = labels[first["image_id"]]
     assert (image.lesion_id, image.dx, image.diagnosis.dx_type) == (
-        first["lesion_id"], first["dx"], first["dx_type"],
-    )  # fmt: skip
+        first["lesion_id"],
+        first["dx"],
+        first["dx_type"],
+    )
     assert image.steward == "ana" and image.facts.mode == "RGB" and image.facts.width == 64
     stored = registry.store.read(image.stored_path)
     assert stored == (lab_export / "images" / f"{first['image_id']}.jpg").read_bytes()
@@ -62,13 +64,23 @@ def test_importing_the_same_file_twice_changes_nothing(registry, lab_export):
     rows[2]["dx"] = "melanoma?"  # one bad row, so the quarantine is exercised too
     write_rows(lab_export / "metadata.csv", rows)
     first = import_export(registry, lab_export)
-    before = (list(registry.labels()), registry.quarantine(), registry.stats(), stored_files(registry))
+    before = (
+        list(registry.labels()),
+        registry.quarantine(),
+        registry.stats(),
+        stored_files(registry),
+    )
 
     again = import_export(registry, lab_export)
 
     assert (again.registered, again.unchanged, again.quarantined) == (0, len(rows) - 1, 1)
     assert again.exit_code == first.exit_code == 1
-    after = (list(registry.labels()), registry.quarantine(), registry.stats(), stored_files(registry))
+    after = (
+        list(registry.labels()),
+        registry.quarantine(),
+        registry.stats(),
+        stored_files(registry),
+    )
     assert after == before
 
 
@@ -140,21 +152,29 @@ BAD_ROWS = {
         "decompression bomb",
     ),
     "image_id with a path separator": (
-        _set("image_id", "../../etc/passwd"), "unsafe-image-id", "path separator or '..'",
+        _set("image_id", "../../etc/passwd"),
+        "unsafe-image-id",
+        "path separator or '..'",
     ),
     "image_id with a backslash": (
-        _set("image_id", "ISIC\\0001"), "unsafe-image-id", "path separator",
+        _set("image_id", "ISIC\\0001"),
+        "unsafe-image-id",
+        "path separator",
     ),
     "age out of range": (_set("age", "212"), "age-out-of-range", "age 212 is outside 0..120"),
     "age not a number": (_set("age", "forty"), "invalid-age", "age 'forty' is not a number"),
     "sex outside male/female/unknown": (_set("sex", "x"), "invalid-sex", "sex 'x' is not one of"),
     "unknown localization": (
-        _set("localization", "elbow"), "unknown-localization", "localization 'elbow'",
+        _set("localization", "elbow"),
+        "unknown-localization",
+        "localization 'elbow'",
     ),
     "confirmed in the future": (
-        _set("confirmed_at", "2999-01-01"), "invalid-confirmed-at", "in the future",
+        _set("confirmed_at", "2999-01-01"),
+        "invalid-confirmed-at",
+        "in the future",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_ROWS))
@@ -163,8 +183,16 @@ def test_a_bad_row_is_quarantined_with_its_reason_and_the_rest_goes_in(registry,
     metadata = lab_export / "metadata.csv"
     rows = read_rows(metadata)
     spoil(rows, lab_export / "images")
-    columns = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization",
-               "confirmed_at")  # fmt: skip
+    columns = (
+        "lesion_id",
+        "image_id",
+        "dx",
+        "dx_type",
+        "age",
+        "sex",
+        "localization",
+        "confirmed_at",
+    )
     write_rows(metadata, rows, columns)
 
     summary = import_export(registry, lab_export)
@@ -305,8 +333,16 @@ def test_confirmed_at_from_the_file_is_kept_and_filters_the_listing(registry, la
     rows = read_rows(metadata)
     for index, row in enumerate(rows):
         row["confirmed_at"] = "2026-01-05" if index < 10 else "2026-02-02T09:30:00+00:00"
-    columns = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization",
-               "confirmed_at")  # fmt: skip
+    columns = (
+        "lesion_id",
+        "image_id",
+        "dx",
+        "dx_type",
+        "age",
+        "sex",
+        "localization",
+        "confirmed_at",
+    )
     write_rows(metadata, rows, columns)
     import_export(registry, lab_export)
 
@@ -328,18 +364,28 @@ def test_listing_filters_by_label_source(registry, lab_export):
 
 def test_add_registers_one_image_by_the_same_rules(registry, lab_export, tmp_path):
     picture = tmp_path / "ISIC_9000001.jpg"
-    picture.write_bytes((lab_export / "images" / f"{read_rows(lab_export / 'metadata.csv')[0]['image_id']}.jpg").read_bytes())
+    picture.write_bytes(
+        (
+            lab_export / "images" / f"{read_rows(lab_export / 'metadata.csv')[0]['image_id']}.jpg"
+        ).read_bytes()
+    )
     diagnosis = Diagnosis(dx="mel", dx_type="histo", age=55, sex="female", localization="back")
 
-    summary = registry.add_image(picture, lesion_id="HAM_9000001", diagnosis=diagnosis, steward="bo")
+    summary = registry.add_image(
+        picture, lesion_id="HAM_9000001", diagnosis=diagnosis, steward="bo"
+    )
 
     assert summary.registered == 1
     [image] = list(registry.labels())
     assert (image.image_id, image.dx, image.steward) == ("ISIC_9000001", "mel", "bo")
 
-    bad = registry.add_image(picture, lesion_id="HAM_9000001", image_id="ISIC_9000002",
-                             diagnosis=Diagnosis("nv", "histo", None, "female", "back"),
-                             steward="bo")  # fmt: skip
+    bad = registry.add_image(
+        picture,
+        lesion_id="HAM_9000001",
+        image_id="ISIC_9000002",
+        diagnosis=Diagnosis("nv", "histo", None, "female", "back"),
+        steward="bo",
+    )
     assert bad.quarantined == 1 and bad.rejections[0].reason_kind == "lesion-conflict"
     assert registry.quarantine()[0].source == str(picture)
 
@@ -350,8 +396,9 @@ def test_relabel_appends_an_event_and_keeps_the_history(registry, lab_export):
     single = next(r for r in rows if sum(x["lesion_id"] == r["lesion_id"] for x in rows) == 1)
     new_dx = "mel" if single["dx"] != "mel" else "bkl"
 
-    [event] = registry.relabel(single["image_id"], dx=new_dx, dx_type="histo",
-                               reason="second pathologist", steward="cy")  # fmt: skip
+    [event] = registry.relabel(
+        single["image_id"], dx=new_dx, dx_type="histo", reason="second pathologist", steward="cy"
+    )
 
     history = registry.history(single["image_id"])
     assert [e.kind for e in history] == ["import", "relabel"]
@@ -365,14 +412,24 @@ def test_relabel_appends_an_event_and_keeps_the_history(registry, lab_export):
 def test_relabel_keeps_one_diagnosis_per_lesion(registry, lab_export):
     import_export(registry, lab_export)
     rows = read_rows(lab_export / "metadata.csv")
-    lesion = next(r["lesion_id"] for r in rows if sum(x["lesion_id"] == r["lesion_id"] for x in rows) > 1)
+    lesion = next(
+        r["lesion_id"] for r in rows if sum(x["lesion_id"] == r["lesion_id"] for x in rows) > 1
+    )
     images = [r for r in rows if r["lesion_id"] == lesion]
     new_dx = "mel" if images[0]["dx"] != "mel" else "nv"
 
     with pytest.raises(LesionConflict, match="--whole-lesion"):
-        registry.relabel(images[0]["image_id"], dx=new_dx, dx_type="histo", reason="r", steward="cy")
-    events = registry.relabel(images[0]["image_id"], dx=new_dx, dx_type="histo", reason="r",
-                              steward="cy", whole_lesion=True)  # fmt: skip
+        registry.relabel(
+            images[0]["image_id"], dx=new_dx, dx_type="histo", reason="r", steward="cy"
+        )
+    events = registry.relabel(
+        images[0]["image_id"],
+        dx=new_dx,
+        dx_type="histo",
+        reason="r",
+        steward="cy",
+        whole_lesion=True,
+    )
 
     assert {e.image_id for e in events} == {r["image_id"] for r in images}
     assert {i.dx for i in registry.labels() if i.lesion_id == lesion} == {new_dx}

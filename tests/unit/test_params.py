@@ -61,6 +61,9 @@ def test_importing_the_package_has_no_side_effects(tmp_path):
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-c", "import cme, cme.cli, registry.labels, pipelines.sample_data"],
-                   cwd=tmp_path, check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", "import cme, cme.cli, registry.labels, pipelines.sample_data"],
+        cwd=tmp_path,
+        check=True,
+    )
     assert list(tmp_path.iterdir()) == []

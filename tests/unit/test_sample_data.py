@@ -13,7 +13,9 @@ from tests.conftest import read_rows
 
 
 def digest(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (folder / "images").iterdir()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (folder / "images").iterdir()
+    }
 
 
 def test_layout_and_metadata_follow_ham10000(generated_set):
