@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else a private copy that `make setup` installs under .tools/ with pip.
+UV ?= $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 PYTHON_VERSION ?= 3.11
 DEMO_DIR ?= .cme/demo
 HAM10000 ?= ../shared/data/ham10000
@@ -12,8 +13,7 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: ## Install uv if missing, create .venv, install the locked dependencies.
-	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || \
-		python3 -m pip install --user --quiet uv || python3 -m pip install --quiet uv
+	@test -x "$(UV)" || python3 -m pip install --quiet --disable-pip-version-check --target .tools uv
 	UV_COMPILE_BYTECODE=1 $(UV) sync --locked --python $(PYTHON_VERSION)
 	@# Byte-compile our own packages too: with PYTHONDONTWRITEBYTECODE set, nothing else would.
 	@$(UV) run --locked python -m compileall -q cme registry pipelines flows
