@@ -239,6 +239,8 @@ def stats(output: OutputFormat = typer.Option(OutputFormat.table, "--format")) -
         typer.echo(f"{title}:")
         for key, count in counts.items():
             typer.echo(f"  {key:<22} {count}")
+        if not counts:
+            typer.echo("  (none)")
 
 
 def _label_row(image: Any) -> dict[str, Any]:
