@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipelines.dataset import SplitFractions
 from registry.labels import IntakeRules
 
 
@@ -45,8 +46,27 @@ class SampleDataParams(_Section):
     multi_image_lesion_fraction: float = Field(default=0.35, ge=0, le=1)
 
 
+class SplitParams(_Section):
+    train: float = Field(default=0.7, ge=0, le=1)
+    val: float = Field(default=0.15, ge=0, le=1)
+    test: float = Field(default=0.15, ge=0, le=1)
+    salt: str = "cme-lesion-split-v1"
+
+    @model_validator(mode="after")
+    def _shares_add_up(self) -> SplitParams:
+        if abs(self.train + self.val + self.test - 1) > 1e-9:
+            raise ValueError(
+                f"train + val + test must be 1, got {self.train + self.val + self.test:g}"
+            )
+        return self
+
+    def fractions(self) -> SplitFractions:
+        return SplitFractions(train=self.train, val=self.val, test=self.test, salt=self.salt)
+
+
 class Params(_Section):
     intake: IntakeParams = IntakeParams()
+    split: SplitParams = SplitParams()
     sample_data: SampleDataParams = SampleDataParams()
 
 

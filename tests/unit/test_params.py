@@ -20,6 +20,14 @@ def test_overrides_are_typed_like_dvc_exp_run_set():
     assert params.intake.batch_size == 64
     assert params.sample_data.melanoma_fraction == 0.5
     assert params.intake.rules().max_pixels == 40_000_000
+    assert params.split.fractions().test == 0.15
+
+
+def test_split_fractions_that_do_not_add_up_are_refused():
+    with pytest.raises(ParamsError, match=r"train \+ val \+ test must be 1, got 1.15"):
+        load_params(REPO_PARAMS, ["split.train=0.9"])
+    shifted = load_params(REPO_PARAMS, ["split.train=0.6", "split.val=0.25"])
+    assert shifted.split.fractions().val == 0.25
 
 
 @pytest.mark.parametrize(
