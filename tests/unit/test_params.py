@@ -24,7 +24,7 @@ def test_overrides_are_typed_like_dvc_exp_run_set():
 
 
 def test_split_fractions_that_do_not_add_up_are_refused():
-    with pytest.raises(ParamsError, match=r"train \+ val \+ test must be 1, got 1.15"):
+    with pytest.raises(ParamsError, match=r"train \+ val \+ test must be 1, got 1.2"):
         load_params(REPO_PARAMS, ["split.train=0.9"])
     shifted = load_params(REPO_PARAMS, ["split.train=0.6", "split.val=0.25"])
     assert shifted.split.fractions().val == 0.25
