@@ -21,6 +21,8 @@ from registry.labels.domain import METADATA_COLUMNS
 POSTGRES_ADMIN_URL = os.environ.get(
     "CME_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
+WITH_CONFIRMED_AT = (*METADATA_COLUMNS, "confirmed_at")
+"""The HAM10000 columns plus the optional one that dates each confirmation."""
 HAM10000 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ham10000"
 
 

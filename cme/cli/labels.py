@@ -10,18 +10,13 @@ from typing import Any
 import typer
 
 from cme.cli.common import EXIT_USAGE, OVERRIDES, OutputFormat, emit, fail, opened_app
+from registry.labels.domain import METADATA_COLUMNS
 
 app = typer.Typer(help="Register labelled images, correct labels, read the registry.")
 
+TABLE_COLUMNS = ("image_id", "lesion_id", *METADATA_COLUMNS[2:], "confirmed_at")
 LABEL_COLUMNS = (
-    "image_id",
-    "lesion_id",
-    "dx",
-    "dx_type",
-    "age",
-    "sex",
-    "localization",
-    "confirmed_at",
+    *TABLE_COLUMNS,
     "steward",
     "label_version",
     "sha256",
@@ -30,16 +25,6 @@ LABEL_COLUMNS = (
     "brightness_mean",
     "brightness_std",
     "stored_path",
-)
-TABLE_COLUMNS = (
-    "image_id",
-    "lesion_id",
-    "dx",
-    "dx_type",
-    "age",
-    "sex",
-    "localization",
-    "confirmed_at",
 )
 QUARANTINE_COLUMNS = (
     "quarantine_id",

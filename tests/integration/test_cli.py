@@ -31,6 +31,11 @@ def cme(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProce
     )
 
 
+def import_export(export: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    metadata, images = str(export / "metadata.csv"), str(export / "images")
+    return cme("labels", "import", metadata, "--images", images, env=env, cwd=cwd)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     env = {
@@ -75,15 +80,7 @@ def test_list_and_quarantine_formats(workdir, lab_export):
     rows = read_rows(lab_export / "metadata.csv")
     rows[1]["dx"] = "??"
     write_rows(lab_export / "metadata.csv", rows)
-    cme(
-        "labels",
-        "import",
-        str(lab_export / "metadata.csv"),
-        "--images",
-        str(lab_export / "images"),
-        env=env,
-        cwd=cwd,
-    )
+    import_export(lab_export, env, cwd)
 
     listed = cme("labels", "list", "--format", "csv", env=env, cwd=cwd)
     records = list(csv.DictReader(io.StringIO(listed.stdout)))
@@ -187,15 +184,7 @@ def test_production_database_must_be_migrated_explicitly(
 
     upgraded = cme("db", "upgrade", env=env, cwd=cwd)
     assert upgraded.returncode == 0 and "at revision 0001" in upgraded.stdout
-    imported = cme(
-        "labels",
-        "import",
-        str(lab_export / "metadata.csv"),
-        "--images",
-        str(lab_export / "images"),
-        env=env,
-        cwd=cwd,
-    )
+    imported = import_export(lab_export, env, cwd)
     assert imported.returncode == 0, imported.stderr
 
 

@@ -21,7 +21,7 @@ from registry.labels import (
     RejectedSubmission,
     UnknownImage,
 )
-from tests.conftest import read_rows, write_rows
+from tests.conftest import WITH_CONFIRMED_AT, read_rows, write_rows
 
 pytestmark = pytest.mark.integration
 
@@ -183,17 +183,7 @@ def test_a_bad_row_is_quarantined_with_its_reason_and_the_rest_goes_in(registry,
     metadata = lab_export / "metadata.csv"
     rows = read_rows(metadata)
     spoil(rows, lab_export / "images")
-    columns = (
-        "lesion_id",
-        "image_id",
-        "dx",
-        "dx_type",
-        "age",
-        "sex",
-        "localization",
-        "confirmed_at",
-    )
-    write_rows(metadata, rows, columns)
+    write_rows(metadata, rows, WITH_CONFIRMED_AT)
 
     summary = import_export(registry, lab_export)
 
@@ -333,17 +323,7 @@ def test_confirmed_at_from_the_file_is_kept_and_filters_the_listing(registry, la
     rows = read_rows(metadata)
     for index, row in enumerate(rows):
         row["confirmed_at"] = "2026-01-05" if index < 10 else "2026-02-02T09:30:00+00:00"
-    columns = (
-        "lesion_id",
-        "image_id",
-        "dx",
-        "dx_type",
-        "age",
-        "sex",
-        "localization",
-        "confirmed_at",
-    )
-    write_rows(metadata, rows, columns)
+    write_rows(metadata, rows, WITH_CONFIRMED_AT)
     import_export(registry, lab_export)
 
     later = list(registry.labels(since=datetime(2026, 2, 1, tzinfo=UTC)))
