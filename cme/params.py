@@ -23,6 +23,7 @@ class _Section(BaseModel):
 
 class IntakeParams(_Section):
     max_pixels: int = Field(default=40_000_000, gt=0)
+    max_file_bytes: int = Field(default=50_000_000, gt=0)
     min_side: int = Field(default=32, gt=0)
     max_side: int = Field(default=8000, gt=0)
     age_min: float = 0
@@ -32,6 +33,7 @@ class IntakeParams(_Section):
     def rules(self) -> IntakeRules:
         return IntakeRules(
             max_pixels=self.max_pixels,
+            max_file_bytes=self.max_file_bytes,
             min_side=self.min_side,
             max_side=self.max_side,
             age_min=self.age_min,
@@ -74,7 +76,10 @@ def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:
     """Read params.yaml (embedded defaults when the file is absent) and apply overrides."""
     raw: dict[str, Any] = {}
     if path.exists():
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ParamsError(f"{path}: not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ParamsError(
                 f"{path}: expected a mapping of sections, got {type(loaded).__name__}"
@@ -111,7 +116,10 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
                 raise ParamsError(
                     f"override {override!r}: {key} is a section, name one of its keys"
                 )
-            node[part] = yaml.safe_load(text)
+            try:
+                node[part] = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise ParamsError(f"override {override!r}: value is not valid YAML") from None
             return
         if not nested:
             raise ParamsError(f"override {override!r}: {part} is not a section")

@@ -54,8 +54,10 @@ class LesionCase:
 
 
 def write_sample_data(folder: Path, spec: SampleSpec) -> Path:
-    """Write `folder/metadata.csv` and `folder/images/<image_id>.jpg`; return the CSV path."""
-    rng = np.random.default_rng(spec.seed)
+    """Write `folder/metadata.csv` and `folder/images/<image_id>.jpg`; return the CSV path.
+
+    Each image depends only on the seed and its own position, so the same id always has
+    the same bytes, whatever `n` (a larger set extends a smaller one)."""
     images_dir = folder / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     metadata = folder / "metadata.csv"
@@ -63,10 +65,16 @@ def write_sample_data(folder: Path, spec: SampleSpec) -> Path:
     with temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(METADATA_COLUMNS)
-        for case in plan_cases(spec, rng):
-            shape_seed = int(rng.integers(2**31))
+        cases = plan_cases(spec, np.random.default_rng(spec.seed))
+        image_number = 0
+        for lesion_number, case in enumerate(cases):
+            shape_seed = int(
+                np.random.SeedSequence([spec.seed, lesion_number]).generate_state(1)[0]
+            )
             for image_id in case.image_ids:
-                picture = render_lesion(case.dx == "mel", shape_seed, rng, spec.image_size)
+                view = np.random.default_rng([spec.seed, image_number, 1])
+                image_number += 1
+                picture = render_lesion(case.dx == "mel", shape_seed, view, spec.image_size)
                 _save_jpeg(picture, images_dir / f"{image_id}.jpg")
                 age = f"{case.age:.1f}"
                 writer.writerow(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from cme.cli.common import EXIT_UNAVAILABLE, fail
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 app = typer.Typer(help="Label registry database schema (Alembic migrations).")
 
@@ -12,20 +17,17 @@ app = typer.Typer(help="Label registry database schema (Alembic migrations).")
 @app.command("upgrade")
 def upgrade(revision: str = typer.Argument("head")) -> None:
     """Apply migrations up to REVISION (default head)."""
-    from sqlalchemy import create_engine
     from sqlalchemy.exc import DBAPIError
 
-    from cme.bootstrap import bootstrap
     from registry.labels import schema
 
-    url = bootstrap().settings.label_database_url
-    engine = create_engine(url)
+    engine = _engine()
     try:
         schema.upgrade(engine, revision)
         typer.echo(f"label registry at revision {schema.current_revision(engine)}")
     except DBAPIError as error:
         fail(
-            f"cannot migrate {engine.url.render_as_string(hide_password=True)}: {error.orig}",
+            f"cannot migrate {_shown(engine)}: {error.orig}",
             EXIT_UNAVAILABLE,
         )
     finally:
@@ -35,16 +37,34 @@ def upgrade(revision: str = typer.Argument("head")) -> None:
 @app.command("current")
 def current() -> None:
     """Print the schema revision of the database and the one the code needs."""
-    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
 
-    from cme.bootstrap import bootstrap
     from registry.labels import schema
 
-    engine = create_engine(bootstrap().settings.label_database_url)
+    engine = _engine()
     try:
         typer.echo(
             f"database {schema.current_revision(engine) or 'empty'}; "
             f"code needs {schema.head_revision()}"
         )
+    except DBAPIError as error:
+        fail(f"cannot read {_shown(engine)}: {error.orig}", EXIT_UNAVAILABLE)
     finally:
         engine.dispose()
+
+
+def _engine() -> Engine:
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ArgumentError
+
+    from cme.bootstrap import bootstrap
+
+    url = bootstrap().settings.label_database_url
+    try:
+        return create_engine(url)
+    except ArgumentError as error:
+        fail(f"CME_DATABASE_URL is not usable: {error}")
+
+
+def _shown(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)

@@ -34,6 +34,7 @@ class IntakeRules:
     """Bounds a new image and its metadata must meet (params.yaml `intake`)."""
 
     max_pixels: int = 40_000_000
+    max_file_bytes: int = 50_000_000
     min_side: int = 32
     max_side: int = 8000
     age_min: float = 0

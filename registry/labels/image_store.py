@@ -20,6 +20,7 @@ from pathlib import Path
 
 STAGING = ".staging"
 LOCK_NAME = ".lock"
+NEW_PREFIX = ".new-"
 
 
 class ImageStore:
@@ -41,12 +42,15 @@ class ImageStore:
 
     @contextmanager
     def staging(self) -> Iterator[StagedWrites]:
-        """Stage new files; publish them after the database commit, or discard on error."""
+        """Stage new files; publish them after the database commit. On an error before the
+        commit was attempted they are discarded; after it (the commit may have gone through,
+        say an interrupt as it returned) they are left for `recover()`, which asks the
+        database."""
         staged = StagedWrites(self)
         try:
             yield staged
         except BaseException:
-            staged.discard()
+            staged.abandon()
             raise
         else:
             staged.publish()
@@ -58,22 +62,36 @@ class ImageStore:
             return 0
         settled = 0
         for folder in staging_root.iterdir():
-            lock = _try_lock(folder / LOCK_NAME)
+            if folder.name.startswith(NEW_PREFIX):
+                if not _owner_alive(folder):  # died before staging anything
+                    shutil.rmtree(folder, ignore_errors=True)
+                continue
+            lock = _try_lock(folder / LOCK_NAME, create=False)
             if lock is None:
-                continue  # a live importer still owns it
+                continue  # a live importer owns it, or it is already gone
             try:
-                for staged_file in folder.iterdir():
-                    if staged_file.name == LOCK_NAME:
-                        continue
-                    relative = _relative_from_staged(staged_file.name)
-                    if is_referenced(relative):
-                        self._move_into_place(staged_file, relative)
-                    else:
-                        staged_file.unlink()
-                    settled += 1
-                shutil.rmtree(folder, ignore_errors=True)
+                settled += self._settle(folder, is_referenced)
+            except FileNotFoundError:
+                continue  # its importer finished and removed it while we looked
             finally:
                 os.close(lock)
+        return settled
+
+    def _settle(self, folder: Path, is_referenced: Callable[[str], bool]) -> int:
+        settled = 0
+        for staged_file in folder.iterdir():
+            if staged_file.name == LOCK_NAME:
+                continue
+            if staged_file.name.endswith(".part"):
+                staged_file.unlink()
+                continue
+            relative = _relative_from_staged(staged_file.name)
+            if is_referenced(relative):
+                self._move_into_place(staged_file, relative)
+            else:
+                staged_file.unlink()
+            settled += 1
+        shutil.rmtree(folder, ignore_errors=True)
         return settled
 
     def _move_into_place(self, staged_file: Path, relative: str) -> None:
@@ -90,6 +108,12 @@ class StagedWrites:
         self._folder: Path | None = None
         self._lock: int | None = None
         self._pending: dict[str, Path] = {}
+        self._commit_attempted = False
+
+    def committing(self) -> None:
+        """Mark that the database commit is about to be tried: from now on the staged files
+        are never deleted here, only settled by `recover()` against the database."""
+        self._commit_attempted = True
 
     def put(self, relative: str, content: bytes) -> None:
         if relative in self._pending or self._store.contains(relative):
@@ -107,22 +131,34 @@ class StagedWrites:
         self._pending.clear()
         self._close()
 
-    def discard(self) -> None:
+    def abandon(self) -> None:
+        if self._commit_attempted:
+            self._release(remove=False)  # recover() settles it against the database
+        else:
+            self._release(remove=True)
         self._pending.clear()
-        self._close()
 
     def _ensure_folder(self) -> Path:
+        """Create and lock the folder under a private name, then rename it into view, so
+        that `recover()` never sees a staging folder without its owner's lock."""
         if self._folder is None:
-            folder = self._store.root / STAGING / uuid.uuid4().hex
-            folder.mkdir(parents=True)
-            self._lock = _try_lock(folder / LOCK_NAME)
-            self._folder = folder
+            name = uuid.uuid4().hex
+            hidden = self._store.root / STAGING / f"{NEW_PREFIX}{os.getpid()}-{name}"
+            hidden.mkdir(parents=True)
+            lock = _try_lock(hidden / LOCK_NAME, create=True)
+            if lock is None:
+                raise RuntimeError(f"could not lock the new staging folder {hidden}")
+            self._lock = lock
+            self._folder = hidden.rename(hidden.with_name(name))
         return self._folder
 
     def _close(self) -> None:
-        if self._folder is not None:
+        self._release(remove=True)
+
+    def _release(self, *, remove: bool) -> None:
+        if self._folder is not None and remove:
             shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+        self._folder = None
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -132,8 +168,24 @@ def _relative_from_staged(name: str) -> str:
     return name.replace("__", "/", 1)
 
 
-def _try_lock(path: Path) -> int | None:
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def _owner_alive(folder: Path) -> bool:
+    """A folder still being created is named .new-<pid>-<uuid>: is that process alive?"""
+    try:
+        pid = int(folder.name[len(NEW_PREFIX) :].split("-", 1)[0])
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _try_lock(path: Path, *, create: bool) -> int | None:
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        return None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

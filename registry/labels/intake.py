@@ -23,7 +23,7 @@ from registry.labels.errors import LabelRegistryError, RejectedSubmission
 
 OPTIONAL_COLUMNS: tuple[str, ...] = ("confirmed_at",)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 class MetadataFileError(LabelRegistryError):
@@ -71,24 +71,38 @@ def read_metadata(path: Path) -> Iterator[SubmittedRow]:
         raise MetadataFileError(f"{path}: no such metadata file")
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
         reader = csv.reader(handle)
-        header_row = next(reader, None)
-        if not header_row or not any(cell.strip() for cell in header_row):
+        try:
+            yield from _rows(path, reader)
+        except csv.Error as error:
             raise MetadataFileError(
-                f"{path}: empty file; expected a header {','.join(METADATA_COLUMNS)}"
-            )
-        header = [cell.strip().lower() for cell in header_row]
-        missing = tuple(column for column in METADATA_COLUMNS if column not in header)
-        for row_number, cells in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in cells):
-                continue
-            values = {name: cell.strip() for name, cell in zip(header, cells, strict=False)}
-            yield SubmittedRow(
-                row_number=row_number,
-                values=values,
-                missing_columns=missing,
-                extra_fields=max(0, len(cells) - len(header)),
-                short_fields=max(0, len(header) - len(cells)),
-            )
+                f"{path}, line {reader.line_num}: not a readable CSV ({error}); nothing imported"
+            ) from None
+
+
+def _rows(path: Path, reader: Iterator[list[str]]) -> Iterator[SubmittedRow]:
+    header_row = next(reader, None)
+    if not header_row or not any(cell.strip() for cell in header_row):
+        raise MetadataFileError(
+            f"{path}: empty file; expected a header {','.join(METADATA_COLUMNS)}"
+        )
+    header = [cell.strip().lower() for cell in header_row]
+    missing = tuple(column for column in METADATA_COLUMNS if column not in header)
+    for row_number, cells in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in cells):
+            continue
+        values = {name: printable(cell).strip() for name, cell in zip(header, cells, strict=False)}
+        yield SubmittedRow(
+            row_number=row_number,
+            values=values,
+            missing_columns=missing,
+            extra_fields=max(0, len(cells) - len(header)),
+            short_fields=max(0, len(header) - len(cells)),
+        )
+
+
+def printable(text: str) -> str:
+    """Text any database can store: NUL (refused by PostgreSQL) becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd")
 
 
 def check_row(row: SubmittedRow, rules: IntakeRules, now: datetime) -> CheckedRow:
@@ -189,7 +203,7 @@ def _checked_id(value: str, column: str) -> str:
             f"unsafe-{column.replace('_', '-')}",
             f"{column} {value!r} contains a path separator or '..'",
         )
-    if not _SAFE_ID.match(value):
+    if not _SAFE_ID.fullmatch(value):
         raise RejectedSubmission(
             f"invalid-{column.replace('_', '-')}",
             f"{column} {value!r} must be letters, digits, '_', '-' or '.' (at most 128)",

@@ -102,7 +102,7 @@ class QuarantineRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     source: Mapped[str] = mapped_column(Text)
     row_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    image_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    image_id: Mapped[str | None] = mapped_column(Text, nullable=True)  # as submitted, any length
     submitted: Mapped[dict[str, str]] = mapped_column(JSON)
     reason_kind: Mapped[str] = mapped_column(String(32), index=True)
     reason: Mapped[str] = mapped_column(Text)

@@ -6,14 +6,14 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, Select, and_, create_engine, event, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, StatementError
 
 from registry.labels import schema
 from registry.labels.domain import (
@@ -43,6 +43,8 @@ class RegisteredImage:
     sha256: str
     diagnosis: Diagnosis
     version: int
+    earlier_diagnoses: frozenset[Diagnosis] = frozenset()
+    """Labels the image had before its current one: re-submitting one of them changes nothing."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,16 @@ class LabelRepository:
         found: dict[str, RegisteredImage] = {}
         with self._reading() as connection:
             for chunk in _chunks(sorted(set(image_ids))):
+                earlier: dict[str, set[Diagnosis]] = {}
+                past = select(LabelEventRow).where(LabelEventRow.image_id.in_(chunk))
+                for event_row in connection.execute(past):
+                    earlier.setdefault(event_row.image_id, set()).add(_diagnosis(event_row))
                 query = _current_labels().where(ImageRow.image_id.in_(chunk))
                 for row in connection.execute(query):
-                    found[row.image_id] = _registered_image(row)
+                    image = _registered_image(row)
+                    found[row.image_id] = replace(
+                        image, earlier_diagnoses=frozenset(earlier.get(row.image_id, ()))
+                    )
         return found
 
     def images_of_lesion(self, lesion_id: str) -> list[RegisteredImage]:
@@ -262,6 +271,13 @@ class LabelRepository:
 
 
 def _create_engine(url: str) -> Engine:
+    try:
+        return _engine_for(url)
+    except ArgumentError as error:
+        raise LabelRegistryError(f"label registry URL is not usable: {error}") from None
+
+
+def _engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -290,6 +306,8 @@ def _translated_errors() -> Iterator[None]:
         ) from error
     except DBAPIError as error:
         raise RegistryUnavailable(f"label registry database error: {error.orig}") from error
+    except StatementError as error:  # a value the driver refused before sending it
+        raise LabelRegistryError(f"label registry refused a value: {error.orig}") from error
 
 
 def _insert_ignoring_duplicates(connection: Connection, table: Any, keys: list[str]) -> Any:

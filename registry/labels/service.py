@@ -31,6 +31,7 @@ from registry.labels.intake import (
     conflict_reason,
     find_image_file,
     find_in_file_conflicts,
+    printable,
     read_metadata,
 )
 from registry.labels.repository import (
@@ -89,11 +90,13 @@ class LabelRegistry:
         Idempotent: rows already registered with the same image and label are `unchanged`,
         and a row refused before for the same reason is not quarantined twice.
         """
+        steward = _checked_steward(steward)
+        source = str(metadata.resolve())  # one file, one source, however its path is spelled
         conflicts = find_in_file_conflicts(read_metadata(metadata), self.rules)
-        summary = ImportSummary(source=str(metadata))
+        summary = ImportSummary(source=source)
         rows = read_metadata(metadata)
         while chunk := list(islice(rows, batch_size)):
-            self._take_in(chunk, images_dir, conflicts, steward, str(metadata), "import", summary)
+            self._take_in(chunk, images_dir, conflicts, steward, source, "import", summary)
         return summary
 
     def add_image(
@@ -117,9 +120,13 @@ class LabelRegistry:
             "localization": diagnosis.localization,
             "confirmed_at": confirmed_at.isoformat() if confirmed_at else "",
         }
-        row = SubmittedRow(row_number=0, values=submitted)
-        summary = ImportSummary(source=str(image))
-        self._take_in([row], image, InFileConflicts(), steward, str(image), "add", summary)
+        row = SubmittedRow(
+            row_number=0, values={k: printable(v).strip() for k, v in submitted.items()}
+        )
+        source = str(image.resolve())
+        summary = ImportSummary(source=source)
+        steward = _checked_steward(steward)
+        self._take_in([row], image, InFileConflicts(), steward, source, "add", summary)
         return summary
 
     def _take_in(
@@ -154,6 +161,7 @@ class LabelRegistry:
                     self._decide(item, images, registered, lesion_dx, batch, staged, now)
                 except RejectedSubmission as refusal:
                     batch.rejected.append(self._rejection(row, refusal, batch))
+            staged.committing()
             self.repository.record_intake(batch.accepted, batch.rejected, now)
         summary.rows += len(rows)
         summary.registered += len(batch.accepted)
@@ -178,7 +186,7 @@ class LabelRegistry:
             batch.accepted_by_image.get(row.image_id)
         )
         if earlier is not None:
-            _check_same_as_registered(row, earlier, _read(image_file))
+            _check_same_as_registered(row, earlier, _read(image_file, self.rules))
             batch.unchanged += 1
             return
         known_dx = lesion_dx.get(row.lesion_id) or batch.diagnosis_by_lesion.get(row.lesion_id)
@@ -188,7 +196,7 @@ class LabelRegistry:
                 f"lesion {row.lesion_id} is registered as {known_dx}; this row says "
                 f"{row.diagnosis.dx} (use `cme labels relabel --whole-lesion` to correct it)",
             )
-        content = _read(image_file)
+        content = _read(image_file, self.rules)
         facts = inspect_image(content, self.rules)
         stored_path = ImageStore.relative_path(facts.sha256, file_extension(facts.format))
         staged.put(stored_path, content)
@@ -238,6 +246,7 @@ class LabelRegistry:
             _vocabulary(dx, DIAGNOSES, "dx"),
             _vocabulary(dx_type, LABEL_SOURCES, "dx_type"),
         )
+        steward = _checked_steward(steward)
         if not reason.strip():
             raise RejectedSubmission("missing-reason", "a relabel needs a reason")
         image = self.repository.registered_images([image_id]).get(image_id)
@@ -289,11 +298,26 @@ class LabelRegistry:
         return self.store.absolute(image.stored_path)
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, rules: IntakeRules) -> bytes:
+    """The file's bytes; its size is checked first, so a huge file is never read in."""
     try:
+        size = path.stat().st_size
+        if size > rules.max_file_bytes:
+            raise RejectedSubmission(
+                "too-large", f"file of {size:,} bytes exceeds {rules.max_file_bytes:,} bytes"
+            )
         return path.read_bytes()
     except OSError as error:
         raise RejectedSubmission("unreadable-image", f"cannot read {path}: {error}") from None
+
+
+def _checked_steward(steward: str) -> str:
+    cleaned = printable(steward).strip()
+    if not cleaned or len(cleaned) > 128:
+        raise RejectedSubmission(
+            "invalid-steward", f"steward name must be 1 to 128 characters, got {steward!r:.60}"
+        )
+    return cleaned
 
 
 def _check_same_as_registered(row: CheckedRow, earlier: RegisteredImage, content: bytes) -> None:
@@ -308,7 +332,7 @@ def _check_same_as_registered(row: CheckedRow, earlier: RegisteredImage, content
             "lesion-changed",
             f"image_id {row.image_id} is registered under lesion {earlier.lesion_id}",
         )
-    if row.diagnosis != earlier.diagnosis:
+    if row.diagnosis != earlier.diagnosis and row.diagnosis not in earlier.earlier_diagnoses:
         was = earlier.diagnosis
         raise RejectedSubmission(
             "already-labelled",
@@ -322,7 +346,7 @@ def _as_registered(image: NewImage | None) -> RegisteredImage | None:
         return None
     return RegisteredImage(
         image.image_id, image.lesion_id, image.facts.sha256, image.diagnosis, version=1
-    )
+    )  # no earlier labels: registered by this very batch
 
 
 def _vocabulary(value: str, allowed: Iterable[str], column: str) -> str:

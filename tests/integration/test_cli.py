@@ -214,3 +214,23 @@ def test_sample_data_then_params_overrides(workdir):
     assert len(list((cwd / "set" / "images").glob("*.jpg"))) == 6
     shown = cme("params", "-S", "intake.batch_size=7", env=env, cwd=cwd)
     assert "batch_size: 7" in shown.stdout
+
+
+def test_configuration_mistakes_are_clear_errors_not_tracebacks(workdir):
+    cwd, env = workdir
+    unreachable = {**env, "CME_DATABASE_URL": "postgresql+psycopg2://nobody@127.0.0.1:1/none"}
+    current = cme("db", "current", env=unreachable, cwd=cwd)
+    assert current.returncode == 3 and "cannot read" in current.stderr
+
+    no_driver = {**env, "CME_DATABASE_URL": "mysql+nodriver://x@127.0.0.1/db"}
+    for command in (("db", "current"), ("labels", "stats")):
+        result = cme(*command, env=no_driver, cwd=cwd)
+        assert result.returncode == 2 and "not usable" in result.stderr
+
+    bad_yaml = cme("params", "-S", "intake.batch_size=[", env=env, cwd=cwd)
+    assert bad_yaml.returncode == 2 and "not valid YAML" in bad_yaml.stderr
+    (cwd / "params.yaml").write_text("intake: [unclosed\n")
+    broken_file = cme("params", env=env, cwd=cwd)
+    assert broken_file.returncode == 2 and "params.yaml: not valid YAML" in broken_file.stderr
+    for result in (current, bad_yaml, broken_file):
+        assert "Traceback" not in result.stderr

@@ -98,3 +98,58 @@ def test_a_crash_leaves_the_registry_consistent(
         assert files_in(store) == {image.stored_path for image in registry.labels()}
     finally:
         registry.repository.close()
+
+
+def test_an_interrupt_after_the_commit_keeps_the_files_of_committed_rows(
+    database_url, lab_export, tmp_path
+):
+    store = tmp_path / "store"
+    registry = open_registry(database_url, store)
+    original = registry.repository.record_intake
+
+    def commit_then_interrupt(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt  # as Ctrl-C landing just after COMMIT returned
+
+    registry.repository.record_intake = commit_then_interrupt  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        registry.import_metadata(
+            lab_export / "metadata.csv", lab_export / "images", steward="ana", batch_size=5
+        )
+    registry.repository.close()
+
+    reopened = open_registry(database_url, store)
+    try:
+        labels = list(reopened.labels())
+        assert len(labels) == 5
+        assert files_in(store) == {image.stored_path for image in labels}
+    finally:
+        reopened.repository.close()
+
+
+def test_recovery_running_beside_a_live_import_disturbs_nothing(database_url, lab_export, tmp_path):
+    import threading
+
+    store = tmp_path / "store"
+    importer, sweeper = open_registry(database_url, store), open_registry(database_url, store)
+    done = threading.Event()
+
+    def sweep() -> None:
+        while not done.is_set():
+            sweeper.recover()
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    try:
+        summary = importer.import_metadata(
+            lab_export / "metadata.csv", lab_export / "images", steward="ana", batch_size=3
+        )
+    finally:
+        done.set()
+        thread.join()
+    try:
+        assert summary.registered == len(read_rows(lab_export / "metadata.csv"))
+        assert files_in(store) == {image.stored_path for image in importer.labels()}
+    finally:
+        importer.repository.close()
+        sweeper.repository.close()

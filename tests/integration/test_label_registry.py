@@ -16,8 +16,10 @@ from sqlalchemy.exc import DBAPIError
 
 from registry.labels import (
     Diagnosis,
+    IntakeRules,
     LabelRegistry,
     LesionConflict,
+    MetadataFileError,
     RejectedSubmission,
     UnknownImage,
 )
@@ -456,3 +458,72 @@ def test_labels_confirmed_before_a_cutoff_are_older_than_new_ones(registry, lab_
     import_export(registry, lab_export)
     cutoff = datetime.now(UTC) + timedelta(seconds=1)
     assert list(registry.labels(since=cutoff)) == []
+
+
+def test_odd_ids_are_quarantined_without_costing_the_valid_rows(registry, lab_export):
+    metadata = lab_export / "metadata.csv"
+    rows = read_rows(metadata)
+    rows[1]["image_id"] = "ISIC_" + "9" * 300
+    rows[2]["image_id"] = "ISIC\x00_0002"
+    rows[3]["lesion_id"] = "HAM 0001"
+    write_rows(metadata, rows)
+
+    summary = import_export(registry, lab_export)
+
+    assert (summary.registered, summary.quarantined) == (len(rows) - 3, 3)
+    kinds = sorted(entry.reason_kind for entry in registry.quarantine())
+    assert kinds == ["invalid-image-id", "invalid-image-id", "invalid-lesion-id"]
+
+
+def test_an_overlong_steward_name_is_refused_before_anything_is_written(registry, lab_export):
+    with pytest.raises(RejectedSubmission, match="steward name must be 1 to 128"):
+        registry.import_metadata(
+            lab_export / "metadata.csv", lab_export / "images", steward="x" * 200
+        )
+    assert registry.stats().images == 0
+
+
+def test_the_same_file_under_another_path_spelling_changes_nothing(registry, lab_export):
+    rows = read_rows(lab_export / "metadata.csv")
+    rows[0]["sex"] = "?"
+    write_rows(lab_export / "metadata.csv", rows)
+    import_export(registry, lab_export)
+    roundabout = lab_export / ".." / lab_export.name / "metadata.csv"
+
+    again = registry.import_metadata(roundabout, lab_export / "images", steward="ana")
+
+    assert again.quarantined == 1 and len(registry.quarantine()) == 1
+
+
+def test_reimporting_the_original_export_after_a_relabel_changes_nothing(registry, lab_export):
+    import_export(registry, lab_export)
+    rows = read_rows(lab_export / "metadata.csv")
+    new_dx = "mel" if rows[0]["dx"] != "mel" else "nv"
+    registry.relabel(rows[0]["image_id"], dx=new_dx, dx_type="histo", reason="review",
+                     steward="cy", whole_lesion=True)  # fmt: skip
+    before = (list(registry.labels()), registry.stats())
+
+    again = import_export(registry, lab_export)
+
+    assert (again.registered, again.quarantined, again.unchanged) == (0, 0, len(rows))
+    assert (list(registry.labels()), registry.stats()) == before  # the relabel stands
+
+
+def test_a_csv_syntax_error_stops_the_import_before_anything_is_written(registry, lab_export):
+    metadata = lab_export / "metadata.csv"
+    metadata.write_text(metadata.read_text() + 'HAM_X,ISIC_X,nv,histo,40,male,"' + "x" * 200_000)
+
+    with pytest.raises(MetadataFileError, match=r"metadata.csv, line \d+: not a readable CSV"):
+        import_export(registry, lab_export)
+
+    assert registry.stats().images == 0
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(registry, lab_export):
+    registry.rules = IntakeRules(max_file_bytes=500)
+
+    summary = import_export(registry, lab_export)
+
+    assert summary.registered == 0
+    assert {e.reason_kind for e in registry.quarantine()} == {"too-large"}
+    assert "exceeds 500 bytes" in registry.quarantine()[0].reason

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from registry.labels import IntakeRules, RejectedSubmission
@@ -51,6 +51,8 @@ def test_age_bounds_come_from_the_rules():
 
 
 @given(st.text(min_size=1, max_size=40))
+@example("0\n")
+@example("ISIC_1\x00")
 def test_no_accepted_image_id_can_leave_the_images_folder(image_id):
     try:
         checked = check_row(SubmittedRow(2, dict(GOOD, image_id=image_id)), IntakeRules(), NOW)
@@ -58,4 +60,5 @@ def test_no_accepted_image_id_can_leave_the_images_folder(image_id):
         return
     assert "/" not in checked.image_id and "\\" not in checked.image_id
     assert ".." not in checked.image_id and checked.image_id.strip() == checked.image_id
+    assert checked.image_id.isprintable()
     assert checked.image_id not in {".", ""}

@@ -34,6 +34,17 @@ def test_layout_and_metadata_follow_ham10000(generated_set):
     assert len(set(lesions)) < len(lesions)  # some lesions have several images
 
 
+def test_a_larger_set_extends_a_smaller_one_with_the_same_bytes(tmp_path):
+    write_sample_data(tmp_path / "small", SampleSpec(n=4, seed=2, image_size=48))
+    write_sample_data(tmp_path / "large", SampleSpec(n=9, seed=2, image_size=48))
+    small, large = digest(tmp_path / "small"), digest(tmp_path / "large")
+    assert small == {name: large[name] for name in small}
+    assert (
+        read_rows(tmp_path / "small" / "metadata.csv")
+        == read_rows(tmp_path / "large" / "metadata.csv")[:4]
+    )
+
+
 def test_same_seed_same_images_other_seed_other_ids(tmp_path):
     first, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for folder, seed in ((first, 3), (again, 3), (other, 4)):

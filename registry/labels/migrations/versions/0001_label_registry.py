@@ -70,7 +70,7 @@ def upgrade() -> None:
         sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
         sa.Column("source", sa.Text, nullable=False),
         sa.Column("row_number", sa.Integer, nullable=True),
-        sa.Column("image_id", sa.String(255), nullable=True),
+        sa.Column("image_id", sa.Text, nullable=True),
         sa.Column("submitted", sa.JSON, nullable=False),
         sa.Column("reason_kind", sa.String(32), nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
