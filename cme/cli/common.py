@@ -39,14 +39,19 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 @contextmanager
 def opened_app() -> Iterator[App]:
-    from registry.labels import LabelRegistryError, RegistryUnavailable, SchemaOutOfDate
+    from registry.labels import (
+        ConcurrentChange,
+        LabelRegistryError,
+        RegistryUnavailable,
+        SchemaOutOfDate,
+    )
 
     app = bootstrap()
     try:
         yield app
     except ParamsError as error:
         fail(str(error))
-    except (RegistryUnavailable, SchemaOutOfDate) as error:
+    except (RegistryUnavailable, SchemaOutOfDate, ConcurrentChange) as error:
         fail(str(error), EXIT_UNAVAILABLE)
     except LabelRegistryError as error:
         fail(str(error))

@@ -16,6 +16,7 @@ from registry.labels.domain import (
     RegistryStats,
 )
 from registry.labels.errors import (
+    ConcurrentChange,
     LabelRegistryError,
     LesionConflict,
     RegistryUnavailable,
@@ -34,6 +35,7 @@ __all__ = [
     "LOCALIZATIONS",
     "METADATA_COLUMNS",
     "SEXES",
+    "ConcurrentChange",
     "Diagnosis",
     "ImageFacts",
     "ImageStore",

@@ -23,6 +23,10 @@ class RejectedSubmission(LabelRegistryError):
         self.reason_kind = reason_kind
 
 
+class ConcurrentChange(LabelRegistryError):
+    """Another writer changed the same images or lesions first; this write was rolled back."""
+
+
 class UnknownImage(LabelRegistryError):
     """No registered image has that id."""
 

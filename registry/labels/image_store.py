@@ -125,6 +125,10 @@ class StagedWrites:
         temporary.replace(staged)
         self._pending[relative] = staged
 
+    def rolled_back(self) -> None:
+        """The database says the commit did not happen: the staged files may be discarded."""
+        self._commit_attempted = False
+
     def publish(self) -> None:
         for relative, staged in self._pending.items():
             self._store._move_into_place(staged, relative)

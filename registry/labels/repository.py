@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, create_engine, event, func, insert, select
+from sqlalchemy import Engine, Select, and_, create_engine, event, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, StatementError
@@ -25,6 +25,7 @@ from registry.labels.domain import (
     RegistryStats,
 )
 from registry.labels.errors import (
+    ConcurrentChange,
     LabelRegistryError,
     RegistryUnavailable,
     SchemaOutOfDate,
@@ -32,6 +33,7 @@ from registry.labels.errors import (
 from registry.labels.orm import ImageRow, LabelEventRow, LesionRow, QuarantineRow
 
 _CHUNK = 500  # ids per IN (...) clause, well under every backend's parameter limit
+_WRITE_LOCK = 0x636D_656C  # PostgreSQL advisory lock that serializes label writes ("cmel")
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ class LabelRepository:
                 connection.execute(
                     insert(LabelEventRow), [_first_event_values(i, now) for i in images]
                 )
+            _refuse_lesions_with_two_diagnoses(connection, lesion_ids)
             return self._quarantine(connection, rejections, now)
 
     def record_rejections(self, rejections: Sequence[Rejection], now: datetime) -> int:
@@ -239,6 +242,12 @@ class LabelRepository:
                     }
                     for relabel in relabels
                 ],
+            )
+            lesions = select(ImageRow.lesion_id).where(
+                ImageRow.image_id.in_([relabel.image_id for relabel in relabels])
+            )
+            _refuse_lesions_with_two_diagnoses(
+                connection, sorted(set(connection.execute(lesions).scalars()))
             )
 
     def _quarantine(
@@ -266,8 +275,15 @@ class LabelRepository:
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
-        with _translated_errors(), self._engine.begin() as connection:
-            yield connection
+        """A write transaction, serialized with every other label write: PostgreSQL takes an
+        advisory lock, SQLite begins IMMEDIATE. Checks made inside it therefore see every
+        change committed before it."""
+        with _translated_errors(), self._engine.connect() as connection:
+            writer = connection.execution_options(cme_writer=True)
+            with writer.begin():
+                if writer.dialect.name == "postgresql":
+                    writer.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK})
+                yield writer
 
 
 def _create_engine(url: str) -> Engine:
@@ -281,16 +297,40 @@ def _engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event emits BEGIN itself
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    writer = connection.get_execution_options().get("cme_writer", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+
+def _refuse_lesions_with_two_diagnoses(connection: Connection, lesion_ids: Sequence[str]) -> None:
+    """Inside a write transaction: a lesion has one diagnosis, whatever was committed before."""
+    for chunk in _chunks(lesion_ids):
+        current = _current_labels().where(ImageRow.lesion_id.in_(chunk)).subquery()
+        split = (
+            select(current.c.lesion_id)
+            .group_by(current.c.lesion_id)
+            .having(func.count(func.distinct(current.c.dx)) > 1)
+        )
+        conflicting = list(connection.execute(split).scalars())
+        if conflicting:
+            raise ConcurrentChange(
+                f"lesion {conflicting[0]} was given another diagnosis by a concurrent change; "
+                "nothing of this batch was written"
+            )
 
 
 @contextmanager
@@ -300,7 +340,7 @@ def _translated_errors() -> Iterator[None]:
     except LabelRegistryError:
         raise
     except IntegrityError as error:
-        raise LabelRegistryError(
+        raise ConcurrentChange(
             "another change to the same images was saved at the same time; nothing of this "
             f"batch was written, run it again ({error.orig})"
         ) from error

@@ -20,7 +20,12 @@ from registry.labels.domain import (
     QuarantinedRow,
     RegistryStats,
 )
-from registry.labels.errors import LesionConflict, RejectedSubmission, UnknownImage
+from registry.labels.errors import (
+    ConcurrentChange,
+    LesionConflict,
+    RejectedSubmission,
+    UnknownImage,
+)
 from registry.labels.image_store import ImageStore, StagedWrites
 from registry.labels.images import file_extension, inspect_image
 from registry.labels.intake import (
@@ -43,6 +48,7 @@ from registry.labels.repository import (
 )
 
 Clock = Callable[[], datetime]
+_ATTEMPTS = 3  # a batch that lost a race with another writer is decided again
 
 
 def utc_now() -> datetime:
@@ -139,6 +145,26 @@ class LabelRegistry:
         kind: str,
         summary: ImportSummary,
     ) -> None:
+        """Decide and write one batch; if a concurrent writer got there first, decide again
+        against what it wrote (its rows may now make some of ours conflicts or duplicates)."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                self._take_in_once(rows, images, conflicts, steward, source, kind, summary)
+                return
+            except ConcurrentChange:
+                if attempt == _ATTEMPTS:
+                    raise
+
+    def _take_in_once(
+        self,
+        rows: Sequence[SubmittedRow],
+        images: Path,
+        conflicts: InFileConflicts,
+        steward: str,
+        source: str,
+        kind: str,
+        summary: ImportSummary,
+    ) -> None:
         now = self._clock()
         checked: list[tuple[SubmittedRow, CheckedRow | RejectedSubmission]] = []
         for row in rows:
@@ -162,7 +188,11 @@ class LabelRegistry:
                 except RejectedSubmission as refusal:
                     batch.rejected.append(self._rejection(row, refusal, batch))
             staged.committing()
-            self.repository.record_intake(batch.accepted, batch.rejected, now)
+            try:
+                self.repository.record_intake(batch.accepted, batch.rejected, now)
+            except ConcurrentChange:
+                staged.rolled_back()
+                raise
         summary.rows += len(rows)
         summary.registered += len(batch.accepted)
         summary.unchanged += batch.unchanged

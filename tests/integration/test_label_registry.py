@@ -18,6 +18,7 @@ from registry.labels import (
     Diagnosis,
     IntakeRules,
     LabelRegistry,
+    LabelRepository,
     LesionConflict,
     MetadataFileError,
     RejectedSubmission,
@@ -527,3 +528,40 @@ def test_a_file_over_the_size_limit_is_refused_unread(registry, lab_export):
     assert summary.registered == 0
     assert {e.reason_kind for e in registry.quarantine()} == {"too-large"}
     assert "exceeds 500 bytes" in registry.quarantine()[0].reason
+
+
+def test_a_concurrent_registration_cannot_give_a_lesion_two_diagnoses(
+    registry, database_url, lab_export, tmp_path
+):
+    rows = read_rows(lab_export / "metadata.csv")
+    first = rows[0]
+    other_dx = "mel" if first["dx"] != "mel" else "nv"
+    rival_image = tmp_path / "RIVAL_0001.jpg"
+    rival_image.write_bytes((lab_export / "images" / f"{rows[1]['image_id']}.jpg").read_bytes())
+    rival = LabelRegistry(
+        LabelRepository.open(database_url, migrate=False), registry.store, IntakeRules()
+    )
+    decided_then_commit = registry.repository.record_intake
+    raced = []
+
+    def rival_commits_first(*args, **kwargs):
+        if not raced:  # after this import decided, before it commits
+            raced.append(rival.add_image(
+                rival_image, lesion_id=first["lesion_id"], steward="rival",
+                diagnosis=Diagnosis(other_dx, "histo", None, "unknown", "unknown"),
+            ))  # fmt: skip
+        return decided_then_commit(*args, **kwargs)
+
+    registry.repository.record_intake = rival_commits_first  # type: ignore[method-assign]
+    try:
+        summary = import_export(registry, lab_export)
+    finally:
+        rival.repository.close()
+
+    assert raced[0].registered == 1
+    diagnoses = {i.dx for i in registry.labels() if i.lesion_id == first["lesion_id"]}
+    assert diagnoses == {other_dx}  # one diagnosis: the rival's, committed first
+    lesion_rows = sum(r["lesion_id"] == first["lesion_id"] for r in rows)
+    assert summary.quarantined == lesion_rows
+    assert {e.reason_kind for e in registry.quarantine()} == {"lesion-conflict"}
+    assert summary.registered == len(rows) - lesion_rows
