@@ -55,6 +55,18 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class _Submission:
+    """Where rows come from: their images (a folder, or the one file of `add`), who sends
+    them, and what the first pass over the file found."""
+
+    images: Path
+    conflicts: InFileConflicts
+    steward: str
+    source: str
+    kind: str
+
+
 @dataclass
 class _Batch:
     """Decisions for one transaction of an intake."""
@@ -102,7 +114,9 @@ class LabelRegistry:
         summary = ImportSummary(source=source)
         rows = read_metadata(metadata)
         while chunk := list(islice(rows, batch_size)):
-            self._take_in(chunk, images_dir, conflicts, steward, source, "import", summary)
+            self._take_in(
+                chunk, _Submission(images_dir, conflicts, steward, source, "import"), summary
+            )
         return summary
 
     def add_image(
@@ -132,38 +146,24 @@ class LabelRegistry:
         source = str(image.resolve())
         summary = ImportSummary(source=source)
         steward = _checked_steward(steward)
-        self._take_in([row], image, InFileConflicts(), steward, source, "add", summary)
+        self._take_in([row], _Submission(image, InFileConflicts(), steward, source, "add"), summary)
         return summary
 
     def _take_in(
-        self,
-        rows: Sequence[SubmittedRow],
-        images: Path,
-        conflicts: InFileConflicts,
-        steward: str,
-        source: str,
-        kind: str,
-        summary: ImportSummary,
+        self, rows: Sequence[SubmittedRow], job: _Submission, summary: ImportSummary
     ) -> None:
         """Decide and write one batch; if a concurrent writer got there first, decide again
         against what it wrote (its rows may now make some of ours conflicts or duplicates)."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                self._take_in_once(rows, images, conflicts, steward, source, kind, summary)
+                self._take_in_once(rows, job, summary)
                 return
             except ConcurrentChange:
                 if attempt == _ATTEMPTS:
                     raise
 
     def _take_in_once(
-        self,
-        rows: Sequence[SubmittedRow],
-        images: Path,
-        conflicts: InFileConflicts,
-        steward: str,
-        source: str,
-        kind: str,
-        summary: ImportSummary,
+        self, rows: Sequence[SubmittedRow], job: _Submission, summary: ImportSummary
     ) -> None:
         now = self._clock()
         checked: list[tuple[SubmittedRow, CheckedRow | RejectedSubmission]] = []
@@ -173,18 +173,18 @@ class LabelRegistry:
             except RejectedSubmission as refusal:
                 checked.append((row, refusal))
             else:
-                checked.append((row, conflict_reason(checked_row, conflicts) or checked_row))
+                checked.append((row, conflict_reason(checked_row, job.conflicts) or checked_row))
         valid = [item for _, item in checked if isinstance(item, CheckedRow)]
         registered = self.repository.registered_images(item.image_id for item in valid)
         lesion_dx = self.repository.lesion_diagnoses(item.lesion_id for item in valid)
-        batch = _Batch(steward=steward, source=source, kind=kind)
+        batch = _Batch(steward=job.steward, source=job.source, kind=job.kind)
         with self.store.staging() as staged:
             for row, item in checked:
                 if isinstance(item, RejectedSubmission):
                     batch.rejected.append(self._rejection(row, item, batch))
                     continue
                 try:
-                    self._decide(item, images, registered, lesion_dx, batch, staged, now)
+                    self._decide(item, job.images, registered, lesion_dx, batch, staged, now)
                 except RejectedSubmission as refusal:
                     batch.rejected.append(self._rejection(row, refusal, batch))
             staged.committing()
