@@ -219,10 +219,6 @@ class LabelRepository:
             _refuse_lesions_with_two_diagnoses(connection, lesion_ids)
             return self._quarantine(connection, rejections, now)
 
-    def record_rejections(self, rejections: Sequence[Rejection], now: datetime) -> int:
-        with self._writing() as connection:
-            return self._quarantine(connection, rejections, now)
-
     def append_relabels(self, relabels: Sequence[Relabel], now: datetime) -> None:
         """Append one label event per image, in one transaction."""
         with self._writing() as connection:

@@ -324,9 +324,6 @@ class LabelRegistry:
     def stats(self) -> RegistryStats:
         return self.repository.stats()
 
-    def image_path(self, image: LabelledImage) -> Path:
-        return self.store.absolute(image.stored_path)
-
 
 def _read(path: Path, rules: IntakeRules) -> bytes:
     """The file's bytes; its size is checked first, so a huge file is never read in."""
