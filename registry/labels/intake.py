@@ -126,7 +126,7 @@ def check_row(row: SubmittedRow, rules: IntakeRules, now: datetime) -> CheckedRo
 
 def find_in_file_conflicts(rows: Iterable[SubmittedRow], rules: IntakeRules) -> InFileConflicts:
     """First pass over a file: keeps only ids and labels, never images, so memory stays small."""
-    label_of_image: dict[str, tuple[Diagnosis, str]] = {}
+    labels_of_image: dict[str, set[tuple[Diagnosis, str]]] = {}
     rows_of_image: dict[str, list[int]] = {}
     rows_by_lesion_dx: dict[str, dict[str, list[int]]] = {}
     epoch = datetime.now(UTC)
@@ -135,15 +135,15 @@ def find_in_file_conflicts(rows: Iterable[SubmittedRow], rules: IntakeRules) -> 
             checked = check_row(row, rules, epoch)
         except RejectedSubmission:
             continue
-        label = (checked.diagnosis, checked.lesion_id)
+        labels_of_image.setdefault(checked.image_id, set()).add(
+            (checked.diagnosis, checked.lesion_id)
+        )
         rows_of_image.setdefault(checked.image_id, []).append(row.row_number)
-        if label_of_image.setdefault(checked.image_id, label) != label:
-            label_of_image[checked.image_id] = (checked.diagnosis, "\0conflict")
         by_dx = rows_by_lesion_dx.setdefault(checked.lesion_id, {})
         by_dx.setdefault(checked.diagnosis.dx, []).append(row.row_number)
     conflicts = InFileConflicts()
-    for image_id, (_, lesion) in label_of_image.items():
-        if lesion == "\0conflict":
+    for image_id, labels in labels_of_image.items():
+        if len(labels) > 1:
             conflicts.images[image_id] = rows_of_image[image_id]
     for lesion_id, by_dx in rows_by_lesion_dx.items():
         if len(by_dx) > 1:
