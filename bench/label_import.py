@@ -31,6 +31,7 @@ from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelReposit
 from registry.labels.images import file_extension, inspect_image
 from registry.labels.intake import check_row, read_metadata
 from registry.labels.orm import ImageRow, LabelEventRow, LesionRow
+from registry.labels.repository import NewImage, _first_event_values, _image_values
 
 
 def import_with_registry(url: str, metadata: Path, images: Path, store: Path) -> int:
@@ -62,40 +63,20 @@ def import_naively(url: str, metadata: Path, images: Path, store: Path) -> int:
             if session.get(LesionRow, checked.lesion_id) is None:
                 session.add(LesionRow(lesion_id=checked.lesion_id, registered_at=now))
                 session.flush()
-            d = checked.diagnosis
-            session.add(
-                ImageRow(
-                    image_id=checked.image_id,
-                    lesion_id=checked.lesion_id,
-                    sha256=facts.sha256,
-                    stored_path=relative,
-                    width=facts.width,
-                    height=facts.height,
-                    format=facts.format,
-                    mode=facts.mode,
-                    byte_size=facts.byte_size,
-                    brightness_mean=facts.brightness_mean,
-                    brightness_std=facts.brightness_std,
-                    registered_by="bench",
-                    registered_at=now,
-                )
+            image = NewImage(
+                image_id=checked.image_id,
+                lesion_id=checked.lesion_id,
+                facts=facts,
+                stored_path=relative,
+                diagnosis=checked.diagnosis,
+                confirmed_at=now,
+                steward="bench",
+                kind="import",
+                source=None,
             )
+            session.add(ImageRow(**_image_values(image, now)))
             session.flush()
-            session.add(
-                LabelEventRow(
-                    image_id=checked.image_id,
-                    version=1,
-                    kind="import",
-                    dx=d.dx,
-                    dx_type=d.dx_type,
-                    age=d.age,
-                    sex=d.sex,
-                    localization=d.localization,
-                    steward="bench",
-                    confirmed_at=now,
-                    recorded_at=now,
-                )
-            )
+            session.add(LabelEventRow(**_first_event_values(image, now)))
             session.commit()
             registered += 1
     engine.dispose()
