@@ -10,7 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.dataset import SplitFractions
-from registry.labels import IntakeRules
+from pipelines.validation.bounds import DriftThresholds, ManifestBounds
+from registry.labels import LABEL_SOURCES, IntakeRules
 
 
 class ParamsError(ValueError):
@@ -66,9 +67,53 @@ class SplitParams(_Section):
         return SplitFractions(train=self.train, val=self.val, test=self.test, salt=self.salt)
 
 
+class SnapshotParams(_Section):
+    label_sources: tuple[str, ...] = Field(default=("histo",), min_length=1)
+
+    @model_validator(mode="after")
+    def _known_sources(self) -> SnapshotParams:
+        unknown = sorted(set(self.label_sources) - LABEL_SOURCES)
+        if unknown:
+            raise ValueError(f"unknown label source(s) {unknown}; known: {sorted(LABEL_SOURCES)}")
+        return self
+
+
+class ValidationParams(_Section):
+    melanoma_share_min: float = Field(default=0.05, ge=0, le=1)
+    melanoma_share_max: float = Field(default=0.6, ge=0, le=1)
+    min_melanoma: int = Field(default=10, ge=0)
+    age_min: float = 0
+    age_max: float = 120
+    min_side: int = Field(default=32, gt=0)
+    max_side: int = Field(default=8000, gt=0)
+    image_modes: tuple[str, ...] = ("RGB",)
+    brightness_mean_min: float = Field(default=20, ge=0, le=255)
+    brightness_mean_max: float = Field(default=240, ge=0, le=255)
+    brightness_std_min: float = Field(default=3, ge=0)
+    example_rows: int = Field(default=5, ge=1)
+
+    def bounds(self) -> ManifestBounds:
+        return ManifestBounds(**self.model_dump())
+
+
+class DriftParams(_Section):
+    melanoma_share_change: float = Field(default=0.10, ge=0, le=1)
+    age_ks: float = Field(default=0.25, ge=0, le=1)
+    brightness_ks: float = Field(default=0.25, ge=0, le=1)
+    sex_distance: float = Field(default=0.15, ge=0, le=1)
+    localization_distance: float = Field(default=0.20, ge=0, le=1)
+    min_new_labels: int = Field(default=30, ge=1)
+
+    def thresholds(self) -> DriftThresholds:
+        return DriftThresholds(**self.model_dump())
+
+
 class Params(_Section):
     intake: IntakeParams = IntakeParams()
     split: SplitParams = SplitParams()
+    snapshot: SnapshotParams = SnapshotParams()
+    validation: ValidationParams = ValidationParams()
+    drift: DriftParams = DriftParams()
     sample_data: SampleDataParams = SampleDataParams()
 
 

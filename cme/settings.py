@@ -28,6 +28,14 @@ class Settings(BaseSettings):
     image_store: Path | None = Field(
         default=None, description="Content-addressed image store; default $CME_DATA_DIR/images."
     )
+    project_dir: Path = Field(
+        default=Path(), description="DVC project root: holds data.dvc, dvc.yaml, .dvc/."
+    )
+    dvc_remote: str | None = Field(
+        default=None,
+        description="DVC remote for data versions; default $CME_HOME/dvc-remote. "
+        "Production: s3://bucket/path or any DVC remote URL.",
+    )
     params_file: Path = Field(default=Path("params.yaml"), description="Tunable parameters.")
     steward: str | None = Field(
         default=None, description="Default steward name for label commands; default $USER."
@@ -42,6 +50,18 @@ class Settings(BaseSettings):
     @property
     def image_store_dir(self) -> Path:
         return self.image_store if self.image_store is not None else self.data_dir / "images"
+
+    @property
+    def dvc_remote_url(self) -> str:
+        return self.dvc_remote or str((self.home / "dvc-remote").resolve())
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
 
     @property
     def migrates_automatically(self) -> bool:

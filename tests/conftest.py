@@ -60,7 +60,8 @@ def postgres_database() -> Iterator[str]:
 def _empty_postgres(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE label_events, images, lesions, quarantine CASCADE"))
+        tables = "lesion_splits, snapshots, label_events, images, lesions, quarantine"
+        connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     engine.dispose()
 
 

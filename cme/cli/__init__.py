@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cme.cli import data, db, labels
+from cme.cli import data, dataset, db, labels
 from cme.cli.common import fail, run_app_command
 
 app = typer.Typer(
@@ -19,6 +19,9 @@ app = typer.Typer(
 )
 app.add_typer(labels.app, name="labels")
 app.add_typer(db.app, name="db")
+app.add_typer(dataset.snapshot_app, name="snapshot")
+app.command("export")(dataset.export)
+app.command("validate")(dataset.validate)
 app.command("sample-data")(data.sample_data)
 app.command("params")(data.show_params)
 

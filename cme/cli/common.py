@@ -31,6 +31,8 @@ OVERRIDES = typer.Option(
     [], "-S", "--set", help="Override a params.yaml value, e.g. -S intake.batch_size=200."
 )
 
+STEWARD = typer.Option(None, "--steward", help="Who does this; default $CME_STEWARD, $USER.")
+
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -39,6 +41,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 @contextmanager
 def opened_app() -> Iterator[App]:
+    from pipelines.dataset.manifest import ManifestError
+    from pipelines.dataset.versioning import DataVersionError
     from registry.labels import (
         ConcurrentChange,
         LabelRegistryError,
@@ -51,9 +55,9 @@ def opened_app() -> Iterator[App]:
         yield app
     except ParamsError as error:
         fail(str(error))
-    except (RegistryUnavailable, SchemaOutOfDate, ConcurrentChange) as error:
+    except (RegistryUnavailable, SchemaOutOfDate, ConcurrentChange, DataVersionError) as error:
         fail(str(error), EXIT_UNAVAILABLE)
-    except LabelRegistryError as error:
+    except (LabelRegistryError, ManifestError) as error:
         fail(str(error))
     finally:
         app.close()

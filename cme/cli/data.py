@@ -38,4 +38,4 @@ def show_params(overrides: list[str] = OVERRIDES) -> None:
 
     with opened_app() as cme:
         params = cme.params(overrides)
-    typer.echo(yaml.safe_dump(params.model_dump(), sort_keys=False).rstrip())
+    typer.echo(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False).rstrip())

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from cme.cli.common import EXIT_USAGE, OVERRIDES, OutputFormat, emit, fail, opened_app
+from cme.cli.common import EXIT_USAGE, OVERRIDES, STEWARD, OutputFormat, emit, fail, opened_app
 from registry.labels.domain import METADATA_COLUMNS
 
 app = typer.Typer(help="Register labelled images, correct labels, read the registry.")
@@ -37,7 +37,6 @@ QUARANTINE_COLUMNS = (
     "quarantined_at",
     "submitted",
 )
-STEWARD = typer.Option(None, "--steward", help="Who registers this; default $CME_STEWARD, $USER.")
 
 
 @app.command("import")

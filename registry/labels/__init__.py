@@ -14,6 +14,7 @@ from registry.labels.domain import (
     LabelledImage,
     QuarantinedRow,
     RegistryStats,
+    SnapshotRecord,
 )
 from registry.labels.errors import (
     ConcurrentChange,
@@ -23,6 +24,7 @@ from registry.labels.errors import (
     RejectedSubmission,
     SchemaOutOfDate,
     UnknownImage,
+    UnknownSnapshot,
 )
 from registry.labels.image_store import ImageStore
 from registry.labels.intake import MetadataFileError
@@ -53,5 +55,7 @@ __all__ = [
     "RegistryUnavailable",
     "RejectedSubmission",
     "SchemaOutOfDate",
+    "SnapshotRecord",
     "UnknownImage",
+    "UnknownSnapshot",
 ]

@@ -147,3 +147,20 @@ class RegistryStats:
     by_dx: dict[str, int]
     by_dx_type: dict[str, int]
     quarantine_by_reason: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A frozen manifest of confirmed labels, versioned with DVC under `dvc_hash`."""
+
+    snapshot_id: str
+    created_at: datetime
+    created_by: str
+    label_sources: tuple[str, ...]
+    labels_as_of: datetime | None
+    manifest_sha256: str
+    dvc_hash: str
+    images: int
+    lesions: int
+    melanoma: int
+    previous_snapshot_id: str | None

@@ -31,5 +31,9 @@ class UnknownImage(LabelRegistryError):
     """No registered image has that id."""
 
 
+class UnknownSnapshot(LabelRegistryError):
+    """No recorded snapshot has that id."""
+
+
 class LesionConflict(LabelRegistryError):
     """A change would give one lesion two different diagnoses."""

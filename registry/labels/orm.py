@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -108,3 +109,35 @@ class QuarantineRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     steward: Mapped[str] = mapped_column(String(128))
     quarantined_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SnapshotRow(Base):
+    """Append-only (second migration): a frozen manifest and its DVC hash."""
+
+    __tablename__ = "snapshots"
+
+    snapshot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    label_sources: Mapped[list[str]] = mapped_column(JSON)
+    labels_as_of: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    dvc_hash: Mapped[str] = mapped_column(String(64))
+    images: Mapped[int] = mapped_column(Integer)
+    lesions: Mapped[int] = mapped_column(Integer)
+    melanoma: Mapped[int] = mapped_column(Integer)
+    previous_snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class LesionSplitRow(Base):
+    """Append-only: the split a lesion was first given, kept for good (the locked test set)."""
+
+    __tablename__ = "lesion_splits"
+    __table_args__ = (
+        CheckConstraint("split IN ('train', 'val', 'test')", name="ck_lesion_splits_split"),
+    )
+
+    lesion_id: Mapped[str] = mapped_column(ForeignKey("lesions.lesion_id"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(8))
+    snapshot_id: Mapped[str] = mapped_column(ForeignKey("snapshots.snapshot_id"))
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime())

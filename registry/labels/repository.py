@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -23,6 +23,7 @@ from registry.labels.domain import (
     LabelledImage,
     QuarantinedRow,
     RegistryStats,
+    SnapshotRecord,
 )
 from registry.labels.errors import (
     ConcurrentChange,
@@ -30,7 +31,14 @@ from registry.labels.errors import (
     RegistryUnavailable,
     SchemaOutOfDate,
 )
-from registry.labels.orm import ImageRow, LabelEventRow, LesionRow, QuarantineRow
+from registry.labels.orm import (
+    ImageRow,
+    LabelEventRow,
+    LesionRow,
+    LesionSplitRow,
+    QuarantineRow,
+    SnapshotRow,
+)
 
 _CHUNK = 500  # ids per IN (...) clause, well under every backend's parameter limit
 _WRITE_LOCK = 0x636D_656C  # PostgreSQL advisory lock that serializes label writes ("cmel")
@@ -134,6 +142,20 @@ class LabelRepository:
                     )
         return found
 
+    def images_by_content(self, sha256s: Iterable[str]) -> dict[str, str]:
+        """The image id registered with each of these contents, where one is."""
+        found: dict[str, str] = {}
+        with self._reading() as connection:
+            for chunk in _chunks(sorted(set(sha256s))):
+                query = (
+                    select(ImageRow.sha256, ImageRow.image_id)
+                    .where(ImageRow.sha256.in_(chunk))
+                    .order_by(ImageRow.registered_at, ImageRow.image_id)
+                )
+                for sha256, image_id in connection.execute(query):
+                    found.setdefault(sha256, image_id)
+        return found
+
     def images_of_lesion(self, lesion_id: str) -> list[RegisteredImage]:
         with self._reading() as connection:
             query = _current_labels().where(ImageRow.lesion_id == lesion_id)
@@ -197,7 +219,50 @@ class LabelRepository:
                 quarantine_by_reason=by_reason,
             )
 
+    def locked_splits(self) -> dict[str, str]:
+        """Every lesion's split as first recorded by a snapshot."""
+        with self._reading() as connection:
+            rows = connection.execute(select(LesionSplitRow.lesion_id, LesionSplitRow.split))
+            return {lesion_id: split for lesion_id, split in rows}
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        """Every snapshot, oldest first."""
+        query = select(SnapshotRow).order_by(SnapshotRow.created_at, SnapshotRow.snapshot_id)
+        with self._reading() as connection:
+            return [_snapshot_record(row) for row in connection.execute(query)]
+
+    def snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        query = select(SnapshotRow).where(SnapshotRow.snapshot_id == snapshot_id)
+        with self._reading() as connection:
+            row = connection.execute(query).first()
+            return _snapshot_record(row) if row is not None else None
+
     # -- writing -------------------------------------------------------------------------
+
+    def record_snapshot(self, record: SnapshotRecord, splits: Mapping[str, str]) -> None:
+        """Record a snapshot and lock the split of each of its lesions not locked before, in
+        one transaction. A lesion locked meanwhile in another split refuses the whole record."""
+        with self._writing() as connection:
+            connection.execute(insert(SnapshotRow), [_snapshot_values(record)])
+            locked = dict(
+                connection.execute(select(LesionSplitRow.lesion_id, LesionSplitRow.split)).all()
+            )
+            moved = sorted(
+                lesion for lesion, split in splits.items() if locked.get(lesion, split) != split
+            )
+            if moved:
+                raise ConcurrentChange(
+                    f"lesion {moved[0]} is locked in split {locked[moved[0]]}, the snapshot puts "
+                    f"it in {splits[moved[0]]}; nothing was recorded, take the snapshot again"
+                )
+            fresh = [
+                {"lesion_id": lesion, "split": split, "snapshot_id": record.snapshot_id,
+                 "assigned_at": record.created_at}
+                for lesion, split in sorted(splits.items())
+                if lesion not in locked
+            ]  # fmt: skip
+            if fresh:
+                connection.execute(insert(LesionSplitRow), fresh)
 
     def record_intake(
         self, images: Sequence[NewImage], rejections: Sequence[Rejection], now: datetime
@@ -442,6 +507,28 @@ def _labelled_image(row: Row[Any]) -> LabelledImage:
         stored_path=image.stored_path,
         label_version=row.version,
     )
+
+
+def _snapshot_record(row: Row[Any]) -> SnapshotRecord:
+    return SnapshotRecord(
+        snapshot_id=row.snapshot_id,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        label_sources=tuple(row.label_sources),
+        labels_as_of=row.labels_as_of,
+        manifest_sha256=row.manifest_sha256,
+        dvc_hash=row.dvc_hash,
+        images=row.images,
+        lesions=row.lesions,
+        melanoma=row.melanoma,
+        previous_snapshot_id=row.previous_snapshot_id,
+    )
+
+
+def _snapshot_values(record: SnapshotRecord) -> dict[str, Any]:
+    values = {name: getattr(record, name) for name in SnapshotRecord.__dataclass_fields__}
+    values["label_sources"] = list(record.label_sources)
+    return values
 
 
 def _label_event(row: Row[Any]) -> LabelEvent:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -19,12 +19,14 @@ from registry.labels.domain import (
     LabelledImage,
     QuarantinedRow,
     RegistryStats,
+    SnapshotRecord,
 )
 from registry.labels.errors import (
     ConcurrentChange,
     LesionConflict,
     RejectedSubmission,
     UnknownImage,
+    UnknownSnapshot,
 )
 from registry.labels.image_store import ImageStore, StagedWrites
 from registry.labels.images import file_extension, inspect_image
@@ -187,6 +189,7 @@ class LabelRegistry:
                     self._decide(item, job.images, registered, lesion_dx, batch, staged, now)
                 except RejectedSubmission as refusal:
                     batch.rejected.append(self._rejection(row, refusal, batch))
+            self._refuse_duplicate_content(batch, {r.image_id: r for r, _ in checked if r.image_id})
             staged.committing()
             try:
                 self.repository.record_intake(batch.accepted, batch.rejected, now)
@@ -244,6 +247,26 @@ class LabelRegistry:
         batch.accepted.append(accepted)
         batch.accepted_by_image[row.image_id] = accepted
         batch.diagnosis_by_lesion[row.lesion_id] = row.diagnosis.dx
+
+    def _refuse_duplicate_content(self, batch: _Batch, rows: dict[str, SubmittedRow]) -> None:
+        """An image byte-identical to one registered (or accepted earlier in this batch)
+        under another id is quarantined: the same picture twice would count twice in
+        training and in the locked test set. (HAM10000 itself holds two such pairs.)"""
+        known = self.repository.images_by_content(i.facts.sha256 for i in batch.accepted)
+        kept: list[NewImage] = []
+        for image in batch.accepted:
+            first = known.setdefault(image.facts.sha256, image.image_id)
+            if first == image.image_id:
+                kept.append(image)
+                continue
+            refusal = RejectedSubmission(
+                "duplicate-image",
+                f"the same image (sha256 {image.facts.sha256[:12]}...) is already registered as "
+                f"{first}; a picture is registered once",
+            )
+            batch.rejected.append(self._rejection(rows[image.image_id], refusal, batch))
+            del batch.accepted_by_image[image.image_id]
+        batch.accepted = kept
 
     def _rejection(
         self, row: SubmittedRow, refusal: RejectedSubmission, batch: _Batch
@@ -323,6 +346,23 @@ class LabelRegistry:
 
     def stats(self) -> RegistryStats:
         return self.repository.stats()
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def locked_splits(self) -> dict[str, str]:
+        return self.repository.locked_splits()
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        return self.repository.snapshots()
+
+    def snapshot(self, snapshot_id: str) -> SnapshotRecord:
+        record = self.repository.snapshot(snapshot_id)
+        if record is None:
+            raise UnknownSnapshot(f"no snapshot {snapshot_id!r}; `cme snapshot list` shows them")
+        return record
+
+    def record_snapshot(self, record: SnapshotRecord, splits: Mapping[str, str]) -> None:
+        self.repository.record_snapshot(record, splits)
 
 
 def _read(path: Path, rules: IntakeRules) -> bytes:

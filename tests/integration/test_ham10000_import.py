@@ -51,7 +51,8 @@ def test_a_slice_of_ham10000_imports_cleanly_with_its_quirks(registry, tmp_path)
     assert (again.registered, again.unchanged) == (0, len(rows))
 
 
-def test_byte_identical_ham10000_images_share_one_stored_file(registry, tmp_path):
+def test_a_byte_identical_ham10000_twin_is_quarantined_naming_the_first(registry, tmp_path):
+    """HAM10000 lists ISIC_0029861 and ISIC_0024366 as two images; they are one picture."""
     metadata = tmp_path / "twins.csv"
     with (HAM10000 / "metadata.csv").open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -61,7 +62,11 @@ def test_byte_identical_ham10000_images_share_one_stored_file(registry, tmp_path
         writer.writeheader()
         writer.writerows(twins)
 
-    registry.import_metadata(metadata, HAM10000 / "images", steward="ham")
+    summary = registry.import_metadata(metadata, HAM10000 / "images", steward="ham")
 
-    paths = {image.stored_path for image in registry.labels()}
-    assert len(twins) == 2 and len(paths) == 1
+    assert (summary.registered, summary.quarantined) == (1, 1)
+    first, second = (row["image_id"] for row in twins)
+    assert [image.image_id for image in registry.labels()] == [first]
+    (held,) = registry.quarantine()
+    assert (held.image_id, held.reason_kind) == (second, "duplicate-image")
+    assert first in held.reason

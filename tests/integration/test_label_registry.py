@@ -87,7 +87,7 @@ def test_importing_the_same_file_twice_changes_nothing(registry, lab_export):
     assert after == before
 
 
-def test_identical_bytes_are_stored_once(registry, lab_export):
+def test_a_byte_identical_image_under_another_id_is_quarantined(registry, lab_export):
     rows = read_rows(lab_export / "metadata.csv")
     twin = dict(rows[0], image_id="TWIN_0001")  # same lesion and label, byte-identical image
     (lab_export / "images" / "TWIN_0001.jpg").write_bytes(
@@ -97,10 +97,16 @@ def test_identical_bytes_are_stored_once(registry, lab_export):
 
     summary = import_export(registry, lab_export)
 
-    labels = {image.image_id: image for image in registry.labels()}
-    assert summary.registered == len(rows) + 1
-    assert labels["TWIN_0001"].stored_path == labels[rows[0]["image_id"]].stored_path
+    assert (summary.registered, summary.quarantined) == (len(rows), 1)
+    assert "TWIN_0001" not in {image.image_id for image in registry.labels()}
+    (held,) = registry.quarantine()
+    assert (held.image_id, held.reason_kind) == ("TWIN_0001", "duplicate-image")
+    assert rows[0]["image_id"] in held.reason
     assert len(stored_files(registry)) == len(rows)
+
+    again = import_export(registry, lab_export)
+    assert (again.registered, again.unchanged, again.quarantined) == (0, len(rows), 1)
+    assert len(registry.quarantine()) == 1
 
 
 def _png_claiming(width: int, height: int) -> bytes:
@@ -537,7 +543,7 @@ def test_a_concurrent_registration_cannot_give_a_lesion_two_diagnoses(
     first = rows[0]
     other_dx = "mel" if first["dx"] != "mel" else "nv"
     rival_image = tmp_path / "RIVAL_0001.jpg"
-    rival_image.write_bytes((lab_export / "images" / f"{rows[1]['image_id']}.jpg").read_bytes())
+    Image.open(lab_export / "images" / f"{rows[1]['image_id']}.jpg").rotate(90).save(rival_image)
     rival = LabelRegistry(
         LabelRepository.open(database_url, migrate=False), registry.store, IntakeRules()
     )

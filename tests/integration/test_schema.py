@@ -9,7 +9,7 @@ from registry.labels import schema
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"lesions", "images", "label_events", "quarantine"}
+TABLES = {"lesions", "images", "label_events", "quarantine", "snapshots", "lesion_splits"}
 
 
 def test_migrations_round_trip(tmp_path):

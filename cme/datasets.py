@@ -1,0 +1,266 @@
+"""Dataset stages: export the current labels as a manifest, validate it, freeze it as a
+snapshot versioned with DVC, restore one. Each is a typed function that the CLI, dvc.yaml
+and the Prefect flows call."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from cme.bootstrap import App
+from cme.params import Params
+from pipelines.dataset.manifest import (
+    ManifestEntry,
+    build_manifest,
+    lesion_splits,
+    manifest_digest,
+    read_manifest,
+    write_manifest,
+)
+from pipelines.dataset.versioning import DataVersioning
+from pipelines.validation import DriftReport, ValidationReport, drift_report, validate_manifest
+from pipelines.validation.validate import PreviousSnapshot
+from registry.labels import (
+    DIAGNOSES,
+    LABEL_SOURCES,
+    LOCALIZATIONS,
+    SEXES,
+    LabelledImage,
+    LabelRegistryError,
+    SnapshotRecord,
+)
+
+log = logging.getLogger(__name__)
+
+VOCABULARY = {
+    "dx": DIAGNOSES,
+    "dx_type": LABEL_SOURCES,
+    "sex": SEXES,
+    "localization": LOCALIZATIONS,
+}
+MANIFEST_FILE = "manifest.csv"
+
+
+class SnapshotError(LabelRegistryError):
+    """A snapshot cannot be taken or found as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class SnapshotOutcome:
+    record: SnapshotRecord
+    created: bool
+    drift: DriftReport
+    folder: Path
+
+
+def current_manifest(app: App, params: Params) -> pd.DataFrame:
+    """The manifest a snapshot taken now would freeze: the current labels from the sources
+    in params, each lesion in its locked split or the stable hash's."""
+    registry = app.label_registry()
+    labels = registry.labels(sources=params.snapshot.label_sources)
+    entries = (_manifest_entry(app, label) for label in labels)
+    return build_manifest(entries, registry.locked_splits(), params.split.fractions())
+
+
+def _manifest_entry(app: App, label: LabelledImage) -> ManifestEntry:
+    image_file = app.settings.image_store_dir / label.stored_path
+    return ManifestEntry(
+        image_id=label.image_id,
+        lesion_id=label.lesion_id,
+        sha256=label.facts.sha256,
+        path=os.path.relpath(image_file, app.settings.data_dir),
+        dx=label.diagnosis.dx,
+        dx_type=label.diagnosis.dx_type,
+        age=label.diagnosis.age,
+        sex=label.diagnosis.sex,
+        localization=label.diagnosis.localization,
+        confirmed_at=label.confirmed_at,
+        width=label.facts.width,
+        height=label.facts.height,
+        mode=label.facts.mode,
+        image_format=label.facts.format,
+        brightness_mean=label.facts.brightness_mean,
+        brightness_std=label.facts.brightness_std,
+    )
+
+
+def export_manifest(app: App, params: Params, out: Path) -> pd.DataFrame:
+    manifest = current_manifest(app, params)
+    write_manifest(manifest, out)
+    return manifest
+
+
+def latest_snapshot(app: App) -> PreviousSnapshot | None:
+    records = app.label_registry().snapshots()
+    if not records:
+        return None
+    snapshot_id = records[-1].snapshot_id
+    return PreviousSnapshot(snapshot_id, snapshot_manifest(app, snapshot_id))
+
+
+def snapshot_manifest(app: App, snapshot_id: str) -> pd.DataFrame:
+    record = app.label_registry().snapshot(snapshot_id)
+    path = app.settings.snapshots_dir / record.snapshot_id / MANIFEST_FILE
+    if not path.is_file():
+        raise SnapshotError(
+            f"snapshot {snapshot_id} is recorded but {path} is missing from this data folder; "
+            f"restore it with `cme snapshot restore {record.dvc_hash} --to DIR`"
+        )
+    return read_manifest(path)
+
+
+def validate(
+    app: App, params: Params, manifest: pd.DataFrame, subject: str, report_file: Path | None = None
+) -> ValidationReport:
+    """Run both suites and the drift report; keep the JSON report and the Data Docs HTML
+    under $CME_HOME/reports (and at `report_file` when given)."""
+    reports = app.settings.reports_dir
+    report = validate_manifest(
+        manifest,
+        subject=subject,
+        bounds=params.validation.bounds(),
+        vocabulary=VOCABULARY,
+        locked_splits=app.label_registry().locked_splits(),
+        data_dir=app.settings.data_dir,
+        docs_dir=reports / "data-docs",
+        previous=latest_snapshot(app),
+        drift_thresholds=params.drift.thresholds(),
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    for path in (reports / f"validation-{stamp}.json", report_file):
+        if path is not None:
+            _write_atomically(path, report.to_json())
+    for warning in report.drift.warnings:
+        log.warning(
+            "drift in %s: %s %.3f > %g",
+            warning.feature,
+            warning.measure,
+            warning.value,
+            warning.threshold,
+        )
+    return report
+
+
+def take_snapshot(
+    app: App, params: Params, *, steward: str, manifest: pd.DataFrame | None = None
+) -> SnapshotOutcome:
+    """Freeze `manifest` (default: the current labels) under data/snapshots/<id>/, version
+    the data folder with DVC, and record the snapshot with its hash and locked splits. An
+    unchanged manifest returns the latest snapshot instead of a copy of it."""
+    registry = app.label_registry()
+    with _snapshot_lock(app):
+        _remove_unrecorded_snapshot_folders(app)
+        frozen = manifest if manifest is not None else current_manifest(app, params)
+        digest = manifest_digest(frozen)
+        previous = latest_snapshot(app)
+        drift = drift_report(
+            previous.manifest if previous else None,
+            frozen,
+            params.drift.thresholds(),
+            previous.snapshot_id if previous else None,
+        )
+        records = registry.snapshots()
+        if records and records[-1].manifest_sha256 == digest:
+            latest = records[-1]
+            return SnapshotOutcome(
+                latest, False, drift, app.settings.snapshots_dir / latest.snapshot_id
+            )
+        record = _new_record(frozen, digest, params, steward, previous)
+        folder = _write_snapshot_folder(app, record, frozen, drift)
+        record = _replace_hash(record, _versioning(app).commit())
+        registry.record_snapshot(record, lesion_splits(frozen))
+    return SnapshotOutcome(record, True, drift, folder)
+
+
+def _new_record(
+    manifest: pd.DataFrame,
+    digest: str,
+    params: Params,
+    steward: str,
+    previous: PreviousSnapshot | None,
+) -> SnapshotRecord:
+    created_at = datetime.now(UTC).replace(microsecond=0)
+    confirmed = pd.to_datetime(manifest["confirmed_at"], utc=True)
+    return SnapshotRecord(
+        snapshot_id=f"{created_at:%Y%m%dT%H%M%SZ}-{digest[:8]}",
+        created_at=created_at,
+        created_by=steward,
+        label_sources=tuple(params.snapshot.label_sources),
+        labels_as_of=confirmed.max().to_pydatetime() if len(manifest) else None,
+        manifest_sha256=digest,
+        dvc_hash="",
+        images=len(manifest),
+        lesions=int(manifest["lesion_id"].nunique()),
+        melanoma=int(manifest["label"].sum()),
+        previous_snapshot_id=previous.snapshot_id if previous else None,
+    )
+
+
+def _replace_hash(record: SnapshotRecord, dvc_hash: str) -> SnapshotRecord:
+    return SnapshotRecord(**{**asdict(record), "dvc_hash": dvc_hash})
+
+
+def _write_snapshot_folder(
+    app: App, record: SnapshotRecord, manifest: pd.DataFrame, drift: DriftReport
+) -> Path:
+    """Write the folder beside its final place and rename it in, so that a crash leaves
+    either nothing or a whole folder (which the next snapshot removes if unrecorded)."""
+    final = app.settings.snapshots_dir / record.snapshot_id
+    partial = final.with_name(f".{record.snapshot_id}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write_manifest(manifest, partial / MANIFEST_FILE)
+    description = {k: v for k, v in asdict(record).items() if k != "dvc_hash"}
+    _write_atomically(partial / "snapshot.json", json.dumps(description, indent=2, default=str))
+    _write_atomically(partial / "drift.json", json.dumps(asdict(drift), indent=2, default=str))
+    partial.rename(final)
+    return final
+
+
+def _remove_unrecorded_snapshot_folders(app: App) -> None:
+    folder = app.settings.snapshots_dir
+    if not folder.is_dir():
+        return
+    recorded = {record.snapshot_id for record in app.label_registry().snapshots()}
+    for entry in folder.iterdir():
+        if entry.is_dir() and entry.name not in recorded:
+            log.warning("removing %s: a snapshot interrupted before it was recorded", entry)
+            shutil.rmtree(entry)
+
+
+def restore_snapshot(app: App, reference: str, target: Path) -> str:
+    """Restore the data folder of a snapshot (by id) or of any DVC hash at `target`."""
+    records = {r.snapshot_id: r for r in app.label_registry().snapshots()}
+    dvc_hash = records[reference].dvc_hash if reference in records else reference
+    _versioning(app).restore(dvc_hash, target)
+    return dvc_hash
+
+
+def _versioning(app: App) -> DataVersioning:
+    settings = app.settings
+    return DataVersioning(settings.project_dir, settings.data_dir, settings.dvc_remote_url)
+
+
+@contextmanager
+def _snapshot_lock(app: App) -> Iterator[None]:
+    app.settings.home.mkdir(parents=True, exist_ok=True)
+    with (app.settings.home / "snapshot.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)

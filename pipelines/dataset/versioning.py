@@ -1,0 +1,127 @@
+"""Data versions with DVC: `data.dvc` at the project root tracks the whole data folder (the
+image store and the snapshot manifests); each version is pushed to a DVC remote (a folder
+under $CME_HOME by default; S3 or any DVC remote in production) and can be restored,
+byte for byte, from its hash alone.
+
+DVC's Python API runs in this process (each `dvc` subprocess would cost a second of
+start-up); its repository lock still keeps two writers apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_WORK_IN_PROGRESS = (".staging/", ".*.partial")
+
+
+class DataVersionError(RuntimeError):
+    """A DVC step failed; the message carries DVC's own explanation."""
+
+
+@dataclass(frozen=True)
+class DataVersioning:
+    project_dir: Path
+    data_dir: Path
+    remote_url: str
+    remote_name: str = "cme"
+
+    @property
+    def pointer_file(self) -> Path:
+        return self.project_dir / f"{self.data_dir.name}.dvc"
+
+    def commit(self) -> str:
+        """Version the data folder as it is now, push it to the remote, return its hash."""
+        with self._repository() as repo:
+            repo.add([self._relative(self.data_dir)])
+            repo.push([self.pointer_file.name], remote=self.remote_name)
+        return self.current_hash() or self._fail_without_hash()
+
+    def current_hash(self) -> str | None:
+        if not self.pointer_file.is_file():
+            return None
+        pointer = yaml.safe_load(self.pointer_file.read_text(encoding="utf-8")) or {}
+        outs = pointer.get("outs") or [{}]
+        md5 = outs[0].get("md5")
+        return str(md5) if md5 else None
+
+    def restore(self, dvc_hash: str, target: Path) -> None:
+        """Materialize the data folder of version `dvc_hash` at `target` (which must not
+        exist), fetching from the remote what the local cache lacks."""
+        if target.exists():
+            raise DataVersionError(f"{target} already exists; restore into a new folder")
+        staging = self.project_dir / f".cme-restore-{dvc_hash[:12]}-{os.getpid()}"
+        pointer = staging.with_name(staging.name + ".dvc")
+        pointer.write_text(
+            yaml.safe_dump({"outs": [{"md5": dvc_hash, "path": staging.name, "hash": "md5"}]}),
+            encoding="utf-8",
+        )
+        try:
+            with self._repository() as repo:
+                repo.pull([pointer.name], remote=self.remote_name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(staging, target)
+        finally:
+            pointer.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _repository(self) -> Iterator[Any]:
+        """The DVC repository at the project root (created on first use), with the remote
+        configured, inside the project folder as DVC expects; DVC errors are translated."""
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+
+        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+        logging.getLogger("dvc").setLevel(logging.WARNING)
+        try:
+            with contextlib.chdir(self.project_dir):
+                if not Path(".dvc").is_dir():
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        Repo.init(".", no_scm=not Path(".git").exists())
+                self._ignore_work_in_progress()
+                with Repo(".") as repo:
+                    self._configure(repo)
+                    yield repo
+        except DvcException as error:
+            raise DataVersionError(f"dvc: {error}") from error
+
+    def _configure(self, repo: Any) -> None:
+        remote = {"url": self.remote_url}
+        local = repo.config.read("local")
+        if local.get("remote", {}).get(self.remote_name) != remote:
+            with repo.config.edit(level="local") as config:
+                config["remote"][self.remote_name] = remote
+        if repo.config.read("repo").get("core", {}).get("analytics") is not False:
+            with repo.config.edit(level="repo") as config:
+                config["core"]["analytics"] = False
+
+    def _ignore_work_in_progress(self) -> None:
+        """Files being written (image-store staging, partial snapshot folders) are never
+        part of a version."""
+        dvcignore = Path(".dvcignore")
+        present = dvcignore.read_text(encoding="utf-8").splitlines() if dvcignore.exists() else []
+        missing = [pattern for pattern in _WORK_IN_PROGRESS if pattern not in present]
+        if missing:
+            with dvcignore.open("a", encoding="utf-8") as handle:
+                handle.write("".join(f"{pattern}\n" for pattern in missing))
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.project_dir.resolve()))
+        except ValueError:
+            raise DataVersionError(
+                f"data folder {path} is outside the DVC project {self.project_dir}"
+            ) from None
+
+    def _fail_without_hash(self) -> str:
+        raise DataVersionError(f"{self.pointer_file} has no md5 after `dvc add`")

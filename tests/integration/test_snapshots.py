@@ -1,0 +1,197 @@
+"""Snapshots end to end: real label registry (SQLite and PostgreSQL), real DVC, real files."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from cme import datasets
+from cme.bootstrap import App
+from cme.params import Params, load_params
+from cme.settings import Settings
+from pipelines.dataset.manifest import lesion_splits, read_manifest
+from registry.labels import ConcurrentChange
+from tests.conftest import read_rows, write_rows
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def project(tmp_path: Path, database_url: str) -> Iterator[App]:
+    """A fresh project folder (params.yaml, data/, DVC) on an empty label registry."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(ROOT / "params.yaml", folder)
+    settings = Settings(
+        home=folder / ".cme",
+        database_url=database_url,
+        auto_migrate=True,
+        data_dir=folder / "data",
+        project_dir=folder,
+        params_file=folder / "params.yaml",
+    )
+    app = App(settings)
+    yield app
+    app.close()
+
+
+def params_for(app: App) -> Params:
+    """The embedded defaults, but every label source and a melanoma floor the 24-image
+    generated set can meet."""
+    return load_params(
+        app.settings.params_file,
+        ["snapshot.label_sources=[histo,follow_up,consensus]", "validation.min_melanoma=2"],
+    )
+
+
+def register(app: App, export: Path) -> None:
+    summary = app.label_registry().import_metadata(
+        export / "metadata.csv", export / "images", steward="steward"
+    )
+    assert summary.quarantined == 0
+
+
+def snapshot(app: App) -> datasets.SnapshotOutcome:
+    return datasets.take_snapshot(app, params_for(app), steward="tester")
+
+
+def split_off(lab_export: Path, tmp_path: Path, first: int) -> Path:
+    """Keep the first `first` rows in `lab_export`; return a second export with the rest."""
+    rows = read_rows(lab_export / "metadata.csv")
+    later = tmp_path / "later"
+    shutil.copytree(lab_export, later)
+    write_rows(lab_export / "metadata.csv", rows[:first])
+    write_rows(later / "metadata.csv", rows[first:])
+    return later
+
+
+def test_a_snapshot_freezes_labels_and_versions_them_with_dvc(project, lab_export):
+    register(project, lab_export)
+
+    outcome = snapshot(project)
+
+    record = outcome.record
+    manifest = read_manifest(outcome.folder / "manifest.csv")
+    assert outcome.created and record.images == len(manifest) == 24
+    assert record.dvc_hash.endswith(".dir")
+    assert (project.settings.project_dir / "data.dvc").read_text().count(record.dvc_hash) == 1
+    assert project.label_registry().snapshots() == [record]
+    assert project.label_registry().locked_splits() == lesion_splits(manifest)
+    assert {"snapshot.json", "drift.json", "manifest.csv"} <= {
+        p.name for p in outcome.folder.iterdir()
+    }
+    report = datasets.validate(project, params_for(project), manifest, "the snapshot")
+    assert report.success, report.summary_lines()
+
+    again = snapshot(project)
+    assert not again.created and again.record == record
+
+
+def test_the_locked_test_set_survives_new_labels_and_relabels(project, lab_export, tmp_path):
+    later = split_off(lab_export, tmp_path, 14)
+    register(project, lab_export)
+    first = snapshot(project)
+    first_splits = lesion_splits(read_manifest(first.folder / "manifest.csv"))
+
+    register(project, later)
+    relabelled = next(iter(first_splits))
+    image = next(i for i in project.label_registry().labels() if i.lesion_id == relabelled)
+    new_dx = "bkl" if image.dx != "bkl" else "nv"
+    project.label_registry().relabel(
+        image.image_id, dx=new_dx, dx_type="histo", steward="steward",
+        reason="pathology review", whole_lesion=True,
+    )  # fmt: skip
+    second = snapshot(project)
+
+    second_manifest = read_manifest(second.folder / "manifest.csv")
+    second_splits = lesion_splits(second_manifest)
+    assert second.record.previous_snapshot_id == first.record.snapshot_id
+    assert {lesion: second_splits[lesion] for lesion in first_splits} == first_splits
+    assert set(second_manifest.loc[second_manifest.lesion_id == relabelled, "dx"]) == {new_dx}
+    assert second.drift.new_labels == len(later_rows(later)) + sum(
+        1 for i in project.label_registry().labels() if i.lesion_id == relabelled
+    )
+
+
+def later_rows(export: Path) -> list[dict[str, str]]:
+    return read_rows(export / "metadata.csv")
+
+
+def test_the_database_refuses_to_move_a_locked_lesion(project, lab_export, database_url):
+    register(project, lab_export)
+    outcome = snapshot(project)
+    lesion, split = next(iter(project.label_registry().locked_splits().items()))
+    other = "train" if split != "train" else "test"
+
+    engine = create_engine(database_url)
+    try:
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
+            connection.execute(
+                text("UPDATE lesion_splits SET split = :s WHERE lesion_id = :l"),
+                {"s": other, "l": lesion},
+            )
+    finally:
+        engine.dispose()
+
+    moved = read_manifest(outcome.folder / "manifest.csv")
+    moved.loc[moved.lesion_id == lesion, "split"] = other
+    moved.loc[0, "age"] = 99.0  # a different manifest, so that it is not "unchanged"
+    with pytest.raises(ConcurrentChange, match=f"lesion {lesion} is locked"):
+        datasets.take_snapshot(project, params_for(project), steward="t", manifest=moved)
+    assert len(project.label_registry().snapshots()) == 1
+
+
+def test_restore_from_the_dvc_hash_alone_is_byte_identical(project, lab_export, tmp_path):
+    later = split_off(lab_export, tmp_path, 12)
+    register(project, lab_export)
+    first = snapshot(project)
+    as_frozen = tmp_path / "as-frozen"
+    shutil.copytree(project.settings.data_dir, as_frozen)
+    register(project, later)
+    snapshot(project)
+    shutil.rmtree(project.settings.project_dir / ".dvc" / "cache")  # only the remote has it now
+
+    restored = tmp_path / "restored"
+    datasets.restore_snapshot(project, first.record.dvc_hash, restored)
+
+    assert_same_tree(as_frozen, restored)
+
+
+def assert_same_tree(expected: Path, actual: Path) -> None:
+    files = sorted(p.relative_to(expected) for p in expected.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(actual) for p in actual.rglob("*") if p.is_file())
+    _, mismatched, errors = filecmp.cmpfiles(
+        expected, actual, [str(f) for f in files], shallow=False
+    )
+    assert (mismatched, errors) == ([], [])
+
+
+def test_an_interrupted_snapshot_leaves_nothing_recorded_and_is_cleaned_up(
+    project, lab_export, monkeypatch
+):
+    register(project, lab_export)
+
+    def crash(_: object) -> str:
+        raise KeyboardInterrupt  # the process dies between writing the folder and DVC
+
+    monkeypatch.setattr(datasets.DataVersioning, "commit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        snapshot(project)
+    monkeypatch.undo()
+    assert project.label_registry().snapshots() == []
+    assert project.label_registry().locked_splits() == {}
+    (orphan,) = project.settings.snapshots_dir.iterdir()
+
+    outcome = snapshot(project)
+
+    assert [p.name for p in project.settings.snapshots_dir.iterdir()] == [
+        outcome.record.snapshot_id
+    ]
+    assert not orphan.exists() or orphan == outcome.folder
