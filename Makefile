@@ -18,10 +18,12 @@ setup: ## Install uv if missing, create .venv, install the locked dependencies.
 	@# Byte-compile our own packages too: with PYTHONDONTWRITEBYTECODE set, nothing else would.
 	@$(UV) run --locked python -m compileall -q cme registry pipelines flows
 
-demo: setup ## Generate sample images and register them in the label registry (embedded stores).
+demo: setup ## Generate sample images, register, validate and snapshot them (embedded stores).
 	$(UV) run --locked cme sample-data $(DEMO_DIR)/week1 --n 200 --seed 1
 	$(UV) run --locked cme labels import $(DEMO_DIR)/week1/metadata.csv --images $(DEMO_DIR)/week1/images --steward demo
 	$(UV) run --locked cme labels stats
+	$(UV) run --locked cme validate
+	$(UV) run --locked cme snapshot --steward demo
 
 test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
 	$(UV) run --locked pytest -n 2 $(PYTEST_ARGS)
@@ -33,8 +35,9 @@ lint: setup ## ruff (lint + format check) and mypy on the domain packages.
 
 bench: setup ## Benchmarks on the shared HAM10000 copy (prints figures and ratios).
 	$(UV) run --locked python bench/label_import.py --data $(HAM10000)
+	$(UV) run --locked python bench/dataset_snapshot.py --data $(HAM10000)
 
-clean: ## Remove the embedded stores and generated data (.cme/, data/images).
-	rm -rf .cme data/images
+clean: ## Remove the embedded stores and generated data (.cme/, data/, data.dvc, DVC cache).
+	rm -rf .cme data data.dvc .dvc/cache .dvc/tmp
 
 .PHONY: help setup demo test lint bench clean
