@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,11 +25,17 @@ from pipelines.dataset.manifest import (
     lesion_splits,
     manifest_digest,
     read_manifest,
+    write_atomically,
     write_manifest,
 )
 from pipelines.dataset.versioning import DataVersioning
-from pipelines.validation import DriftReport, ValidationReport, drift_report, validate_manifest
-from pipelines.validation.validate import PreviousSnapshot
+from pipelines.validation import (
+    DriftReport,
+    PreviousSnapshot,
+    ValidationReport,
+    drift_report,
+    validate_manifest,
+)
 from registry.labels import (
     DIAGNOSES,
     LABEL_SOURCES,
@@ -101,7 +107,11 @@ def export_manifest(app: App, params: Params, out: Path) -> pd.DataFrame:
 
 
 def latest_snapshot(app: App) -> PreviousSnapshot | None:
-    records = app.label_registry().snapshots()
+    return _with_manifest(app, app.label_registry().snapshots())
+
+
+def _with_manifest(app: App, records: list[SnapshotRecord]) -> PreviousSnapshot | None:
+    """The last of `records` with its manifest read from the data folder."""
     if not records:
         return None
     snapshot_id = records[-1].snapshot_id
@@ -139,7 +149,7 @@ def validate(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     for path in (reports / f"validation-{stamp}.json", report_file):
         if path is not None:
-            _write_atomically(path, report.to_json())
+            write_atomically(path, report.to_json().encode())
     for warning in report.drift.warnings:
         log.warning(
             "drift in %s: %s %.3f > %g",
@@ -159,17 +169,12 @@ def take_snapshot(
     unchanged manifest returns the latest snapshot instead of a copy of it."""
     registry = app.label_registry()
     with _snapshot_lock(app):
-        _remove_unrecorded_snapshot_folders(app)
+        records = registry.snapshots()
+        _remove_unrecorded_snapshot_folders(app, {record.snapshot_id for record in records})
         frozen = manifest if manifest is not None else current_manifest(app, params)
         digest = manifest_digest(frozen)
-        previous = latest_snapshot(app)
-        drift = drift_report(
-            previous.manifest if previous else None,
-            frozen,
-            params.drift.thresholds(),
-            previous.snapshot_id if previous else None,
-        )
-        records = registry.snapshots()
+        previous = _with_manifest(app, records)
+        drift = drift_report(previous, frozen, params.drift.thresholds())
         if records and records[-1].manifest_sha256 == digest:
             latest = records[-1]
             return SnapshotOutcome(
@@ -177,7 +182,7 @@ def take_snapshot(
             )
         record = _new_record(frozen, digest, params, steward, previous)
         folder = _write_snapshot_folder(app, record, frozen, drift)
-        record = _replace_hash(record, _versioning(app).commit())
+        record = replace(record, dvc_hash=_versioning(app).commit())
         registry.record_snapshot(record, lesion_splits(frozen))
     return SnapshotOutcome(record, True, drift, folder)
 
@@ -206,10 +211,6 @@ def _new_record(
     )
 
 
-def _replace_hash(record: SnapshotRecord, dvc_hash: str) -> SnapshotRecord:
-    return SnapshotRecord(**{**asdict(record), "dvc_hash": dvc_hash})
-
-
 def _write_snapshot_folder(
     app: App, record: SnapshotRecord, manifest: pd.DataFrame, drift: DriftReport
 ) -> Path:
@@ -221,17 +222,16 @@ def _write_snapshot_folder(
     partial.mkdir(parents=True)
     write_manifest(manifest, partial / MANIFEST_FILE)
     description = {k: v for k, v in asdict(record).items() if k != "dvc_hash"}
-    _write_atomically(partial / "snapshot.json", json.dumps(description, indent=2, default=str))
-    _write_atomically(partial / "drift.json", json.dumps(asdict(drift), indent=2, default=str))
+    for name, document in (("snapshot.json", description), ("drift.json", asdict(drift))):
+        write_atomically(partial / name, json.dumps(document, indent=2, default=str).encode())
     partial.rename(final)
     return final
 
 
-def _remove_unrecorded_snapshot_folders(app: App) -> None:
+def _remove_unrecorded_snapshot_folders(app: App, recorded: set[str]) -> None:
     folder = app.settings.snapshots_dir
     if not folder.is_dir():
         return
-    recorded = {record.snapshot_id for record in app.label_registry().snapshots()}
     for entry in folder.iterdir():
         if entry.is_dir() and entry.name not in recorded:
             log.warning("removing %s: a snapshot interrupted before it was recorded", entry)
@@ -257,10 +257,3 @@ def _snapshot_lock(app: App) -> Iterator[None]:
     with (app.settings.home / "snapshot.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)

@@ -131,10 +131,14 @@ def manifest_digest(manifest: pd.DataFrame) -> str:
 
 
 def write_manifest(manifest: pd.DataFrame, path: Path) -> None:
-    """Write atomically: a reader sees the old file or the whole new one, never a part."""
+    write_atomically(path, manifest_csv(manifest))
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """A reader sees the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(manifest_csv(manifest))
+    partial.write_bytes(content)
     partial.replace(path)
 
 
@@ -149,17 +153,6 @@ def read_manifest(path: Path) -> pd.DataFrame:
     if missing:
         raise ManifestError(f"{path}: missing manifest column(s) {', '.join(missing)}")
     return frame
-
-
-def as_manifest(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` in the manifest's column order and types; raises ManifestError naming the
-    first column whose values do not fit."""
-    for column, dtype in _DTYPES.items():
-        try:
-            frame[column].astype(dtype)
-        except (TypeError, ValueError) as error:
-            raise ManifestError(f"column {column}: values are not {dtype}: {error}") from None
-    return _normalized(frame)
 
 
 def lesion_splits(manifest: pd.DataFrame) -> dict[str, Split]:

@@ -1,7 +1,7 @@
 """Great Expectations suites as code over a snapshot manifest, and drift against the last one."""
 
 from pipelines.validation.bounds import DriftThresholds, ManifestBounds
-from pipelines.validation.drift import DriftCheck, DriftReport, drift_report
+from pipelines.validation.drift import DriftCheck, DriftReport, PreviousSnapshot, drift_report
 from pipelines.validation.report import RuleResult, ValidationReport
 from pipelines.validation.validate import validate_manifest
 
@@ -10,6 +10,7 @@ __all__ = [
     "DriftReport",
     "DriftThresholds",
     "ManifestBounds",
+    "PreviousSnapshot",
     "RuleResult",
     "ValidationReport",
     "drift_report",

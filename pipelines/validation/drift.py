@@ -17,6 +17,12 @@ from pipelines.validation.bounds import DriftThresholds
 
 
 @dataclass(frozen=True)
+class PreviousSnapshot:
+    snapshot_id: str
+    manifest: pd.DataFrame
+
+
+@dataclass(frozen=True)
 class DriftCheck:
     feature: str
     measure: str
@@ -58,16 +64,14 @@ def new_labels(previous: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
 
 
 def drift_report(
-    previous: pd.DataFrame | None,
-    current: pd.DataFrame,
-    thresholds: DriftThresholds,
-    previous_snapshot: str | None,
+    snapshot: PreviousSnapshot | None, current: pd.DataFrame, thresholds: DriftThresholds
 ) -> DriftReport:
-    if previous is None or previous_snapshot is None:
+    if snapshot is None:
         return DriftReport(previous_snapshot=None, new_labels=len(current))
+    previous = snapshot.manifest
     arrived = new_labels(previous, current)
     if arrived.empty:
-        return DriftReport(previous_snapshot=previous_snapshot, new_labels=0)
+        return DriftReport(previous_snapshot=snapshot.snapshot_id, new_labels=0)
     enough = len(arrived) >= thresholds.min_new_labels
     checks = (
         _share_change(previous, arrived, thresholds.melanoma_share_change, enough),
@@ -76,7 +80,7 @@ def drift_report(
         _mix("sex", previous, arrived, thresholds.sex_distance, enough),
         _mix("localization", previous, arrived, thresholds.localization_distance, enough),
     )
-    return DriftReport(previous_snapshot, len(arrived), checks)
+    return DriftReport(snapshot.snapshot_id, len(arrived), checks)
 
 
 def _share_change(

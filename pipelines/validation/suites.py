@@ -177,8 +177,7 @@ def _rule_result(rule: Expectation, outcome: Mapping[str, Any], example_rows: in
     unexpected = result.get("unexpected_count")
     if failed_to_run:
         observed = f"could not run: {failed_to_run}"
-    elif "details" in result and "mismatched" in (result.get("details") or {}):
-        mismatched = result["details"]["mismatched"]
+    elif mismatched := (result.get("details") or {}).get("mismatched"):
         observed = "; ".join(
             f"{kind} {_readable(sorted(columns))}"
             for kind, columns in mismatched.items()

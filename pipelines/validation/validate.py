@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from pipelines.validation.bounds import DriftThresholds, ManifestBounds
-from pipelines.validation.drift import drift_report
+from pipelines.validation.drift import PreviousSnapshot, drift_report
 from pipelines.validation.report import ValidationReport
 from pipelines.validation.suites import expectations, run_suites, with_check_columns
-
-
-@dataclass(frozen=True)
-class PreviousSnapshot:
-    snapshot_id: str
-    manifest: pd.DataFrame
 
 
 def validate_manifest(
@@ -38,12 +31,7 @@ def validate_manifest(
     rules = expectations(bounds, vocabulary)
     checked = with_check_columns(manifest, locked_splits, data_dir)
     results = run_suites(checked, rules, docs_dir, bounds.example_rows)
-    drift = drift_report(
-        previous.manifest if previous else None,
-        manifest,
-        drift_thresholds,
-        previous.snapshot_id if previous else None,
-    )
+    drift = drift_report(previous, manifest, drift_thresholds)
     return ValidationReport(
         subject=subject,
         rows=len(manifest),

@@ -115,13 +115,9 @@ def test_the_locked_test_set_survives_new_labels_and_relabels(project, lab_expor
     assert second.record.previous_snapshot_id == first.record.snapshot_id
     assert {lesion: second_splits[lesion] for lesion in first_splits} == first_splits
     assert set(second_manifest.loc[second_manifest.lesion_id == relabelled, "dx"]) == {new_dx}
-    assert second.drift.new_labels == len(later_rows(later)) + sum(
+    assert second.drift.new_labels == len(read_rows(later / "metadata.csv")) + sum(
         1 for i in project.label_registry().labels() if i.lesion_id == relabelled
     )
-
-
-def later_rows(export: Path) -> list[dict[str, str]]:
-    return read_rows(export / "metadata.csv")
 
 
 def test_the_database_refuses_to_move_a_locked_lesion(project, lab_export, database_url):

@@ -20,7 +20,7 @@ from pipelines.dataset.manifest import (
     write_manifest,
 )
 from pipelines.dataset.split import SplitFractions
-from pipelines.validation import DriftThresholds, drift_report
+from pipelines.validation import DriftThresholds, PreviousSnapshot, drift_report
 
 
 def entry(image: int, lesion: int, dx: str = "nv", **changes: object) -> ManifestEntry:
@@ -92,7 +92,7 @@ def test_drift_names_a_shift_in_melanoma_share_among_new_labels():
     now = frame([*(entry(i, i, "mel" if i % 10 == 0 else "nv") for i in range(100)),
                  *(entry(i, i, "mel" if i % 2 else "nv") for i in range(100, 140))])  # fmt: skip
 
-    report = drift_report(before, now, DriftThresholds(min_new_labels=30), "S1")
+    report = drift_report(PreviousSnapshot("S1", before), now, DriftThresholds(min_new_labels=30))
 
     assert report.new_labels == 40
     assert [check.feature for check in report.warnings] == ["melanoma"]
@@ -102,12 +102,12 @@ def test_drift_names_a_shift_in_melanoma_share_among_new_labels():
 def test_too_few_new_labels_are_reported_but_not_warned_about():
     before = frame([entry(i, i) for i in range(50)])
     now = frame([*(entry(i, i) for i in range(50)), *(entry(i, i, "mel") for i in range(50, 55))])
-    report = drift_report(before, now, DriftThresholds(min_new_labels=30), "S1")
+    report = drift_report(PreviousSnapshot("S1", before), now, DriftThresholds(min_new_labels=30))
     assert report.new_labels == 5 and report.checks and not report.warnings
 
 
 def test_a_relabel_counts_as_a_new_label_and_no_previous_snapshot_means_no_checks():
     before = frame([entry(i, i) for i in range(5)])
     now = frame([*(entry(i, i) for i in range(4)), entry(4, 4, "bkl")])
-    assert drift_report(before, now, DriftThresholds(), "S1").new_labels == 1
-    assert drift_report(None, now, DriftThresholds(), None).checks == ()
+    assert drift_report(PreviousSnapshot("S1", before), now, DriftThresholds()).new_labels == 1
+    assert drift_report(None, now, DriftThresholds()).checks == ()
