@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.dataset import SplitFractions
+from pipelines.training.config import Augmentation, TrainConfig, TrainConfigError
 from pipelines.validation.bounds import DriftThresholds, ManifestBounds
 from registry.labels import LABEL_SOURCES, IntakeRules
 
@@ -108,6 +109,36 @@ class DriftParams(_Section):
         return DriftThresholds(**self.model_dump())
 
 
+class TrainParams(_Section):
+    image_size: int = Field(default=224, ge=32)
+    batch_size: int = Field(default=32, ge=1)
+    weights: str = "imagenet"
+    unfreeze_from: str = "conv5"
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    head_epochs: int = Field(default=2, ge=0)
+    head_learning_rate: float = Field(default=1e-3, gt=0)
+    epochs: int = Field(default=10, ge=0)
+    learning_rate: float = Field(default=1e-5, gt=0)
+    patience: int = Field(default=3, ge=1)
+    imbalance: Literal["class_weight", "oversample", "none"] = "class_weight"
+    augmentation: bool = True
+    zoom: float = Field(default=0.1, ge=0, lt=1)
+    colour_jitter: float = Field(default=0.1, ge=0, lt=1)
+    cache: str = "memory"
+    seed: int = 42
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    deterministic: bool = False
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+
+    def config(self) -> TrainConfig:
+        values = self.model_dump(exclude={"augmentation", "zoom", "colour_jitter"})
+        augmentation = Augmentation(self.augmentation, self.zoom, self.colour_jitter)
+        try:
+            return TrainConfig(**values, augmentation=augmentation)
+        except TrainConfigError as error:
+            raise ParamsError(str(error)) from None
+
+
 class Params(_Section):
     intake: IntakeParams = IntakeParams()
     split: SplitParams = SplitParams()
@@ -115,6 +146,7 @@ class Params(_Section):
     validation: ValidationParams = ValidationParams()
     drift: DriftParams = DriftParams()
     sample_data: SampleDataParams = SampleDataParams()
+    train: TrainParams = TrainParams()
 
 
 def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:

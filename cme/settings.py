@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     steward: str | None = Field(
         default=None, description="Default steward name for label commands; default $USER."
     )
+    tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "CME_TRACKING_URI"),
+        description="MLflow tracking and registry; default sqlite:///$CME_HOME/mlflow.db with "
+        "artifacts under $CME_HOME/mlartifacts. Production: http://mlflow-server:5000.",
+    )
+    experiment: str = Field(default="melanoma-retrain", description="MLflow experiment name.")
+    model_name: str = Field(
+        default="melanoma-resnet50", description="Registered model name in MLflow."
+    )
 
     @property
     def label_database_url(self) -> str:
@@ -54,6 +64,20 @@ class Settings(BaseSettings):
     @property
     def dvc_remote_url(self) -> str:
         return self.dvc_remote or str((self.home / "dvc-remote").resolve())
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Where runs keep artifacts when tracking is embedded (a server decides its own)."""
+        return self.home / "mlartifacts"
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space of running stages (checkpoints, tf.data caches)."""
+        return self.home / "work"
 
     @property
     def reports_dir(self) -> Path:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cme.cli import data, dataset, db, labels
+from cme.cli import data, dataset, db, labels, training
 from cme.cli.common import fail, run_app_command
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(dataset.snapshot_app, name="snapshot")
 app.command("export")(dataset.export)
 app.command("validate")(dataset.validate)
+app.command("train")(training.train)
 app.command("sample-data")(data.sample_data)
 app.command("params")(data.show_params)
 

@@ -41,8 +41,10 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 @contextmanager
 def opened_app() -> Iterator[App]:
+    from cme.tracking import TrackingUnavailable
     from pipelines.dataset.manifest import ManifestError
     from pipelines.dataset.versioning import DataVersionError
+    from pipelines.training.config import TrainConfigError, TrainingDataError
     from registry.labels import (
         ConcurrentChange,
         LabelRegistryError,
@@ -55,9 +57,14 @@ def opened_app() -> Iterator[App]:
         yield app
     except ParamsError as error:
         fail(str(error))
-    except (RegistryUnavailable, SchemaOutOfDate, ConcurrentChange, DataVersionError) as error:
+    except (
+        RegistryUnavailable, SchemaOutOfDate, ConcurrentChange, DataVersionError,
+        TrackingUnavailable,
+    ) as error:  # fmt: skip
         fail(str(error), EXIT_UNAVAILABLE)
-    except (LabelRegistryError, ManifestError) as error:
+    except (
+        LabelRegistryError, ManifestError, TrainConfigError, TrainingDataError,
+    ) as error:  # fmt: skip
         fail(str(error))
     finally:
         app.close()

@@ -60,7 +60,8 @@ def test_a_broken_manifest_fails_validation_naming_rule_and_rows(project):
 
 
 def test_dvc_repro_runs_the_dataset_stages_on_the_embedded_defaults(project):
-    result = run("dvc", "repro", cwd=project)
+    # The train stage needs ImageNet weights by default; test_training_run.py runs it.
+    result = run("dvc", "repro", "snapshot", cwd=project)
 
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((project / ".cme" / "pipeline" / "snapshot.json").read_text())
@@ -71,6 +72,6 @@ def test_dvc_repro_runs_the_dataset_stages_on_the_embedded_defaults(project):
     assert [s["snapshot_id"] for s in json.loads(listed.stdout)] == [record["snapshot_id"]]
     assert record["dvc_hash"] in (project / "data.dvc").read_text()
 
-    again = run("dvc", "repro", cwd=project)
+    again = run("dvc", "repro", "snapshot", cwd=project)
     assert again.returncode == 0
     assert "Stage 'snapshot' didn't change, skipping" in again.stdout

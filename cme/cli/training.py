@@ -1,0 +1,60 @@
+"""`cme train`: the train stage of dvc.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from cme.cli.common import OVERRIDES, opened_app
+
+if TYPE_CHECKING:
+    from pipelines.training.fit import EpochRecord
+
+SHOWN_METRICS = ("loss", "auc", "val_loss", "val_auc", "val_recall")
+
+
+def train(
+    snapshot: str | None = typer.Option(
+        None, "--snapshot", help="Snapshot id to train on; default the latest."
+    ),
+    record_file: Path | None = typer.Option(
+        None, "--record", help="Also write the run's record (run id, model URI) here as JSON."
+    ),
+    overrides: list[str] = OVERRIDES,
+) -> None:
+    """Fine-tune ResNet50 on a snapshot and log the run and the model to MLflow; prints the
+    run id. E.g. `cme train -S train.weights=none -S train.unfreeze_from=all`."""
+    from cme.training import train as train_challenger
+
+    with opened_app() as cme:
+        outcome = train_challenger(
+            cme, cme.params(overrides), snapshot_id=snapshot, on_epoch=_print_epoch
+        )
+    result = outcome.result
+    best = result.best
+    record = {
+        "run_id": outcome.run_id,
+        "model_uri": outcome.model_uri,
+        "snapshot_id": outcome.snapshot.snapshot_id,
+        "dvc_hash": outcome.snapshot.dvc_hash,
+        "best_epoch": best.epoch,
+        "best_val_auc": best.metrics.get("val_auc"),
+        "precision": result.hardware.precision,
+        "train_images_per_second": result.training_images_per_second,
+    }
+    if record_file is not None:
+        record_file.parent.mkdir(parents=True, exist_ok=True)
+        record_file.write_text(json.dumps(record, indent=2) + "\n")
+    typer.echo(f"best epoch {best.epoch}: val ROC AUC {best.metrics.get('val_auc', 0):.3f}")
+    typer.echo(f"model {outcome.model_uri}")
+    typer.echo(f"run {outcome.run_id}")
+
+
+def _print_epoch(record: EpochRecord) -> None:
+    shown = "  ".join(
+        f"{key} {record.metrics[key]:.4f}" for key in SHOWN_METRICS if key in record.metrics
+    )
+    typer.echo(f"epoch {record.epoch:>3} {record.phase:<9} {shown}  ({record.seconds:.1f} s)")

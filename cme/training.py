@@ -1,0 +1,97 @@
+"""The train stage: fine-tune a challenger on a recorded snapshot, tracked in MLflow with
+its lineage (snapshot id, DVC hash, git commit)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from cme.bootstrap import App
+from cme.datasets import snapshot_manifest
+from cme.params import Params
+from cme.tracking import git_commit, use_tracking
+from registry.labels import LabelRegistryError, SnapshotRecord
+
+if TYPE_CHECKING:
+    from pipelines.training.fit import OnEpoch, TrainResult
+
+
+class NoSnapshot(LabelRegistryError):
+    """Training was asked for before any snapshot was recorded."""
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    run_id: str
+    model_uri: str
+    snapshot: SnapshotRecord
+    result: TrainResult
+
+
+def train(
+    app: App, params: Params, *, snapshot_id: str | None = None, on_epoch: OnEpoch | None = None
+) -> TrainingOutcome:
+    """Train on `snapshot_id` (default: the latest snapshot) and log the run, its curves
+    and the model to the `melanoma-retrain` experiment."""
+    import mlflow
+
+    from pipelines.training import tracking
+    from pipelines.training.fit import train_classifier
+
+    snapshot = _snapshot_to_train_on(app, snapshot_id)
+    manifest = snapshot_manifest(app, snapshot.snapshot_id)
+    config = params.train.config()
+    use_tracking(app.settings)
+    commit, dirty = git_commit(app.settings.project_dir)
+    lineage = tracking.Lineage(
+        snapshot_id=snapshot.snapshot_id,
+        dvc_hash=snapshot.dvc_hash,
+        manifest_sha256=snapshot.manifest_sha256,
+        git_commit=commit,
+        labels_as_of=snapshot.labels_as_of.isoformat() if snapshot.labels_as_of else "",
+    )
+    with mlflow.start_run(run_name=f"challenger {snapshot.snapshot_id}") as run:
+        mlflow.set_tags({**lineage.tags(), "git_dirty": str(dirty).lower(), "stage": "train"})
+        tracking.log_run_inputs(config.as_params(), _data_params(manifest))
+        work_dir = app.settings.work_dir / run.info.run_id
+        try:
+            result = train_classifier(
+                manifest,
+                app.settings.data_dir,
+                config,
+                work_dir=work_dir,
+                callbacks=[tracking.EpochMetricsToMlflow()],
+                on_epoch=on_epoch,
+            )
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        mlflow.set_tags({"precision": result.hardware.precision, "gpus": result.hardware.gpus})
+        model_uri = tracking.log_result(result, _example_image(app, manifest))
+    return TrainingOutcome(run.info.run_id, model_uri, snapshot, result)
+
+
+def _snapshot_to_train_on(app: App, snapshot_id: str | None) -> SnapshotRecord:
+    registry = app.label_registry()
+    if snapshot_id is not None:
+        return registry.snapshot(snapshot_id)
+    snapshots = registry.snapshots()
+    if not snapshots:
+        raise NoSnapshot("no snapshot to train on yet: take one with `cme snapshot`")
+    return snapshots[-1]
+
+
+def _data_params(manifest: pd.DataFrame) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for split, rows in manifest.groupby("split"):
+        counts[f"data.{split}_images"] = len(rows)
+        counts[f"data.{split}_melanoma"] = int(rows["label"].sum())
+        counts[f"data.{split}_lesions"] = int(rows["lesion_id"].nunique())
+    return counts
+
+
+def _example_image(app: App, manifest: pd.DataFrame) -> bytes:
+    """A real image of the snapshot, kept with the model as its input example."""
+    return (app.settings.data_dir / str(manifest["path"].iloc[0])).read_bytes()

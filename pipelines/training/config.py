@@ -1,0 +1,88 @@
+"""What a training run is asked to do: the `train` section of params.yaml, as the domain
+sees it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Imbalance = Literal["class_weight", "oversample", "none"]
+MixedPrecision = Literal["auto", "on", "off"]
+
+IMAGENET = "imagenet"
+NO_WEIGHTS = "none"
+ALL_LAYERS = "all"
+RESNET50_BLOCKS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+class TrainConfigError(ValueError):
+    """A training setting cannot work; the message names the setting and the way out."""
+
+
+class TrainingDataError(ValueError):
+    """The snapshot cannot train a classifier; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes applied to training images only (never to validation or test)."""
+
+    enabled: bool = True
+    zoom: float = 0.1  # largest share of the side cropped away before resizing back
+    colour_jitter: float = 0.1  # largest relative change of brightness, contrast, saturation
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    image_size: int = 224
+    batch_size: int = 32
+    weights: str = IMAGENET  # imagenet | none | path to a ResNet50 notop weights file
+    unfreeze_from: str = "conv5"  # first block trained when fine-tuning, or `all`
+    dropout: float = 0.3
+    head_epochs: int = 2
+    head_learning_rate: float = 1e-3
+    epochs: int = 10
+    learning_rate: float = 1e-5
+    patience: int = 3
+    imbalance: Imbalance = "class_weight"
+    augmentation: Augmentation = Augmentation()
+    cache: str = "memory"  # memory | none | a folder for tf.data's file cache
+    seed: int = 42
+    mixed_precision: MixedPrecision = "auto"
+    deterministic: bool = False
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.unfreeze_from not in (*RESNET50_BLOCKS, ALL_LAYERS):
+            raise TrainConfigError(
+                f"train.unfreeze_from={self.unfreeze_from!r}: expected one of "
+                f"{', '.join((*RESNET50_BLOCKS, ALL_LAYERS))}"
+            )
+        if not self.pretrained and self.unfreeze_from != ALL_LAYERS:
+            raise TrainConfigError(
+                "train.weights=none trains ResNet50 from scratch, so every layer must learn: "
+                "set train.unfreeze_from=all"
+            )
+        if self.head_epochs + self.epochs < 1:
+            raise TrainConfigError("train.head_epochs + train.epochs must be at least 1")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != NO_WEIGHTS
+
+    @property
+    def weights_file(self) -> Path | None:
+        if self.weights in (IMAGENET, NO_WEIGHTS):
+            return None
+        return Path(self.weights)
+
+    def as_params(self) -> dict[str, Any]:
+        """Flat `train.*` keys, as logged with the run."""
+        flat: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+            else:
+                flat[key] = value
+        return flat

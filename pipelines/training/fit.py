@@ -1,0 +1,274 @@
+"""Two-phase fine-tuning of the classifier on a snapshot manifest -> TrainResult.
+
+Phase `head` warms up the new head with the pretrained base frozen; phase `fine-tune`
+then trains the last block(s) at a low learning rate. From scratch (`weights: none`) there
+is nothing to warm up against, so only the second phase runs, over every layer. The best
+epoch by validation ROC AUC, across both phases, is the model returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from pipelines.dataset.tfdata import (
+    Batches,
+    LabelledFiles,
+    evaluation_batches,
+    labelled_files,
+    training_batches,
+)
+from pipelines.training.config import TrainConfig, TrainingDataError
+from pipelines.training.model import (
+    build_classifier,
+    compile_classifier,
+    dtype_policy,
+    float32_copy,
+    freeze_base,
+    resolve_weights,
+    unfreeze_from,
+)
+
+log = logging.getLogger(__name__)
+BEST_WEIGHTS_FILE = "best.weights.h5"
+MONITOR = "val_auc"
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int  # counted across both phases, from 1
+    phase: str
+    metrics: dict[str, float]
+    seconds: float
+    images: int  # training images seen (oversampled copies included)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    precision: str  # float32 or mixed_float16
+    gpus: int
+    replicas: int
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model  # float32, best epoch's weights
+    config: TrainConfig
+    hardware: Hardware
+    history: list[EpochRecord] = field(default_factory=list)
+    class_weight: dict[int, float] | None = None
+    split_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # (images, melanoma)
+
+    @property
+    def best(self) -> EpochRecord:
+        return max(self.history, key=lambda record: record.metrics.get(MONITOR, float("-inf")))
+
+    @property
+    def training_images_per_second(self) -> float:
+        seconds = sum(record.seconds for record in self.history)
+        return sum(record.images for record in self.history) / seconds if seconds else 0.0
+
+
+OnEpoch = Callable[[EpochRecord], None]
+
+
+def train_classifier(
+    manifest: pd.DataFrame,
+    data_dir: Path,
+    config: TrainConfig,
+    *,
+    work_dir: Path,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    on_epoch: OnEpoch | None = None,
+) -> TrainResult:
+    """Fine-tune a ResNet50 classifier on the train split, choosing the best epoch on val."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    train_files = labelled_files(manifest, data_dir, "train")
+    val_files = labelled_files(manifest, data_dir, "val")
+    _check_trainable(train_files, val_files)
+    weights_file = resolve_weights(config)
+    hardware = _hardware(config)
+    strategy = _strategy(hardware)
+    with dtype_policy(hardware.precision), strategy.scope():
+        model = build_classifier(config, weights_file)
+    result = TrainResult(
+        model=model,
+        config=config,
+        hardware=hardware,
+        class_weight=balanced_class_weight(train_files.labels)
+        if config.imbalance == "class_weight"
+        else None,
+        split_sizes={
+            "train": (len(train_files), train_files.melanoma),
+            "val": (len(val_files), val_files.melanoma),
+        },
+    )
+    train_batches = _training_batches(train_files, config, hardware)
+    val_batches = evaluation_batches(
+        val_files,
+        image_size=config.image_size,
+        batch_size=_global_batch(config, hardware),
+        cache=config.cache,
+        name="val",
+    )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    best_file = work_dir / BEST_WEIGHTS_FILE
+    best_file.unlink(missing_ok=True)
+    recorder = _EpochRecorder(result, train_batches, on_epoch)
+    best: float | None = None
+    for phase, epochs, learning_rate in _phases(config):
+        with strategy.scope():
+            if phase == "head":
+                freeze_base(model)
+            else:
+                unfreeze_from(model, config.unfreeze_from)
+            compile_classifier(model, learning_rate, config.threshold)
+        recorder.phase = phase
+        best = _fit_phase(
+            model,
+            epochs,
+            train_batches,
+            val_batches,
+            result,
+            best_file,
+            best,
+            [recorder, *callbacks],
+        )
+    if best_file.exists():
+        model.load_weights(best_file)
+    result.model = float32_copy(model, config) if hardware.precision != "float32" else model
+    return result
+
+
+def _check_trainable(train: LabelledFiles, val: LabelledFiles) -> None:
+    if len(val) == 0:
+        raise TrainingDataError(
+            "the snapshot has no validation images: the best epoch cannot be chosen; "
+            "register more lesions"
+        )
+    for name, files in (("train", train), ("val", val)):
+        if files.melanoma == 0 or files.melanoma == len(files):
+            raise TrainingDataError(
+                f"the {name} split has {files.melanoma} melanoma among {len(files)} images: "
+                "both classes are needed to learn and to measure ROC AUC"
+            )
+
+
+def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
+    """Weights that make both classes count equally in the loss: n / (2 * n_class)."""
+    total = len(labels)
+    melanoma = float(np.sum(labels))
+    return {0: total / (2 * (total - melanoma)), 1: total / (2 * melanoma)}
+
+
+def _phases(config: TrainConfig) -> Iterator[tuple[str, int, float]]:
+    if config.pretrained and config.head_epochs > 0:
+        yield "head", config.head_epochs, config.head_learning_rate
+    if config.epochs > 0:
+        yield "fine-tune", config.epochs, config.learning_rate
+
+
+def _fit_phase(
+    model: keras.Model,
+    epochs: int,
+    train: Batches,
+    val: Batches,
+    result: TrainResult,
+    best_file: Path,
+    best: float | None,
+    callbacks: list[keras.callbacks.Callback],
+) -> float | None:
+    """Run one phase; return the best val ROC AUC so far (carried into the next phase so
+    that the checkpoint only ever moves to a better epoch)."""
+    config = result.config
+    done = len(result.history)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        best_file,
+        monitor=MONITOR,
+        mode="max",
+        save_best_only=True,
+        save_weights_only=True,
+        initial_value_threshold=best,
+    )
+    stop = keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)
+    model.fit(
+        train.dataset,
+        validation_data=val.dataset,
+        initial_epoch=done,
+        epochs=done + epochs,
+        class_weight=result.class_weight,
+        callbacks=[checkpoint, stop, *callbacks],
+        shuffle=False,  # the tf.data pipeline shuffles, reproducibly
+        verbose=0,
+    )
+    return checkpoint.best if np.isfinite(checkpoint.best) else best
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Keeps each epoch's metrics, time and images seen, and tells `on_epoch`."""
+
+    def __init__(self, result: TrainResult, train: Batches, on_epoch: OnEpoch | None) -> None:
+        super().__init__()
+        self.result = result
+        self.images = train.images
+        self.on_epoch = on_epoch
+        self.phase = ""
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        record = EpochRecord(
+            epoch=epoch + 1,
+            phase=self.phase,
+            metrics={key: float(value) for key, value in (logs or {}).items()},
+            seconds=time.perf_counter() - self._started,
+            images=self.images,
+        )
+        self.result.history.append(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+
+
+def _hardware(config: TrainConfig) -> Hardware:
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpus > 0)
+    return Hardware(
+        precision="mixed_float16" if mixed else "float32", gpus=gpus, replicas=max(1, gpus)
+    )
+
+
+def _strategy(hardware: Hardware) -> tf.distribute.Strategy:
+    """One replica per GPU when there are several; the default strategy otherwise."""
+    if hardware.gpus > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _global_batch(config: TrainConfig, hardware: Hardware) -> int:
+    """`train.batch_size` is per replica, so each GPU sees the batch it was tuned for."""
+    return config.batch_size * hardware.replicas
+
+
+def _training_batches(files: LabelledFiles, config: TrainConfig, hardware: Hardware) -> Batches:
+    return training_batches(
+        files,
+        image_size=config.image_size,
+        batch_size=_global_batch(config, hardware),
+        augmentation=config.augmentation,
+        seed=config.seed,
+        cache=config.cache,
+        oversample=config.imbalance == "oversample",
+    )

@@ -1,0 +1,174 @@
+"""The melanoma classifier: raw RGB images in, the probability of melanoma out.
+
+Resizing and ResNet50's own `preprocess_input` live inside the model, so a clinical system
+sends images as they are. The pretrained base is called with `training=False`: its batch
+normalisation keeps ImageNet's statistics while the last block is fine-tuned (the keras-io
+transfer-learning guide).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import keras
+
+from pipelines.training.config import (
+    ALL_LAYERS,
+    IMAGENET,
+    NO_WEIGHTS,
+    TrainConfig,
+    TrainConfigError,
+)
+
+IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_NOTOP_URL = (
+    f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{IMAGENET_NOTOP_FILE}"
+)
+IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
+BASE_NAME = "resnet50"
+
+
+class WeightsUnavailable(TrainConfigError):
+    """The ResNet50 weights asked for cannot be had here; the message names the ways out."""
+
+
+@keras.saving.register_keras_serializable(package="cme")
+class ResNet50Preprocessing(keras.layers.Layer):
+    """`keras.applications.resnet50.preprocess_input` as a layer: RGB 0..255 to BGR with
+    ImageNet's channel means removed."""
+
+    def call(self, inputs: Any) -> Any:
+        return keras.applications.resnet50.preprocess_input(inputs)
+
+
+def resolve_weights(
+    config: TrainConfig, imagenet_origin: str = IMAGENET_NOTOP_URL, cache_dir: str | None = None
+) -> str | None:
+    """The weights file to start ResNet50 from (downloaded once into Keras' cache,
+    `~/.keras/models`, for `imagenet`), or None to start from scratch."""
+    if config.weights == NO_WEIGHTS:
+        return None
+    if config.weights == IMAGENET:
+        try:
+            return str(
+                keras.utils.get_file(
+                    IMAGENET_NOTOP_FILE,
+                    imagenet_origin,
+                    cache_subdir="models",
+                    file_hash=IMAGENET_NOTOP_MD5,
+                    cache_dir=cache_dir,
+                )
+            )
+        except Exception as error:  # Keras wraps every network failure in a bare Exception
+            raise WeightsUnavailable(
+                f"ImageNet weights for ResNet50 could not be downloaded from {imagenet_origin} "
+                f"({error}). Either copy {IMAGENET_NOTOP_FILE} to this machine and set "
+                "train.weights=/path/to/it, or train from scratch with train.weights=none "
+                "train.unfreeze_from=all"
+            ) from None
+    weights_file = config.weights_file
+    if weights_file is None or not weights_file.is_file():
+        raise WeightsUnavailable(
+            f"train.weights={config.weights}: no such file. Give a ResNet50 notop weights "
+            "file (.h5 or .weights.h5), imagenet, or none"
+        )
+    return str(weights_file)
+
+
+def build_classifier(config: TrainConfig, weights_file: str | None) -> keras.Model:
+    """ResNet50 base, global pooling, dropout and one sigmoid unit, all under the current
+    dtype policy except the input steps and the output, which stay float32."""
+    size = config.image_size
+    images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
+    resized = keras.layers.Resizing(size, size, antialias=True, dtype="float32", name="resize")(
+        images
+    )
+    preprocessed = ResNet50Preprocessing(dtype="float32", name="preprocess")(resized)
+    base = _resnet50(size, weights_file)
+    # From scratch there are no statistics to keep: batch normalisation must learn them.
+    features = base(preprocessed, training=False if config.pretrained else None)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    dropped = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(pooled)
+    probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="melanoma")(
+        dropped
+    )
+    return keras.Model(images, probability, name="melanoma_resnet50")
+
+
+def _resnet50(size: int, weights_file: str | None) -> keras.Model:
+    try:
+        return keras.applications.ResNet50(
+            include_top=False, weights=weights_file, input_shape=(size, size, 3), name=BASE_NAME
+        )
+    except ValueError as error:
+        raise WeightsUnavailable(
+            f"train.weights={weights_file}: not ResNet50 notop weights ({error})"
+        ) from None
+
+
+def resnet_base(model: keras.Model) -> keras.Model:
+    base = model.get_layer(BASE_NAME)
+    assert isinstance(base, keras.Model)
+    return base
+
+
+def freeze_base(model: keras.Model) -> None:
+    """Warm-up: only the head learns."""
+    resnet_base(model).trainable = False
+
+
+def unfreeze_from(model: keras.Model, block: str) -> None:
+    """Fine-tuning: `block` (conv1..conv5) and every layer after it learn; `all` trains
+    the whole base."""
+    base = resnet_base(model)
+    base.trainable = True
+    first = 0
+    if block != ALL_LAYERS:
+        prefix = f"{block}_"
+        first = next(i for i, layer in enumerate(base.layers) if layer.name.startswith(prefix))
+    # Each layer is set, since Keras does not undo an earlier freeze of a sublayer.
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= first
+
+
+def compile_classifier(
+    model: keras.Model, learning_rate: float, threshold: float, jit_compile: bool | str = False
+) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.AUC(curve="PR", name="pr_auc"),
+            keras.metrics.BinaryAccuracy(threshold=threshold, name="accuracy"),
+            keras.metrics.Precision(thresholds=threshold, name="precision"),
+            keras.metrics.Recall(thresholds=threshold, name="recall"),
+        ],
+        jit_compile=jit_compile,
+    )
+
+
+def float32_copy(model: keras.Model, config: TrainConfig) -> keras.Model:
+    """The same classifier with every layer in float32, for CPU serving after a
+    mixed-precision run (whose variables are float32 already)."""
+    with dtype_policy("float32"):
+        twin = build_classifier(config, weights_file=None)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+@contextmanager
+def dtype_policy(name: str) -> Iterator[str]:
+    """Set Keras' global dtype policy for the duration of a block."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield name
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def trainable_weights(model: keras.Model) -> int:
+    return sum(int(keras.ops.size(w)) for w in model.trainable_weights)

@@ -1,0 +1,142 @@
+"""MLflow records of a training run: lineage tags, params, per-epoch metrics, the learning
+curve and the model as a pyfunc that predicts from images."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")  # no display on workers; must precede pyplot
+import matplotlib.pyplot as plt
+import mlflow
+from matplotlib.figure import Figure
+
+from pipelines.training.fit import EpochRecord, TrainResult
+from pipelines.training.pyfunc import (
+    IMAGE_COLUMN,
+    KERAS_ARTIFACT,
+    signature,
+)
+
+MODEL_NAME_IN_RUN = "model"
+CURVE_METRICS = (("loss", "loss"), ("auc", "ROC AUC"))
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a model's data and code came from; every run carries it as tags."""
+
+    snapshot_id: str
+    dvc_hash: str
+    manifest_sha256: str
+    git_commit: str
+    labels_as_of: str
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "dvc_hash": self.dvc_hash,
+            "manifest_sha256": self.manifest_sha256,
+            "git_commit": self.git_commit,
+            "mlflow.source.git.commit": self.git_commit,
+            "labels_as_of": self.labels_as_of,
+        }
+
+
+class EpochMetricsToMlflow(keras.callbacks.Callback):
+    """Logs every epoch's metrics to the active run as it ends, so a reviewer can watch a
+    long run in the MLflow UI."""
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        metrics = {key: float(value) for key, value in (logs or {}).items()}
+        mlflow.log_metrics(metrics, step=epoch + 1)
+
+
+def log_run_inputs(config_params: Mapping[str, Any], data_params: Mapping[str, Any]) -> None:
+    mlflow.log_params({f"train.{key}": value for key, value in config_params.items()})
+    mlflow.log_params(dict(data_params))
+
+
+def log_result(result: TrainResult, example_image: bytes) -> str:
+    """Log the summary metrics, the learning curve and the model; return the model's URI."""
+    best = result.best
+    mlflow.log_metrics(
+        {
+            "best_epoch": best.epoch,
+            **{f"best_{key}": value for key, value in best.metrics.items()},
+            "epochs_run": len(result.history),
+            "train_seconds": sum(record.seconds for record in result.history),
+            "train_images_per_second": result.training_images_per_second,
+        }
+    )
+    figure = learning_curve(result.history)
+    mlflow.log_figure(figure, "learning_curve.png")
+    plt.close(figure)
+    return log_classifier(result, example_image)
+
+
+def log_classifier(result: TrainResult, example_image: bytes) -> str:
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="cme-model-") as folder:
+        keras_file = Path(folder) / "classifier.keras"
+        result.model.save(keras_file)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={KERAS_ARTIFACT: str(keras_file)},
+            model_config={
+                "image_size": result.config.image_size,
+                "threshold": result.config.threshold,
+            },
+            code_paths=[str(Path(__file__).resolve().parents[1])],
+            signature=signature(),
+            input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),
+            pip_requirements=_requirements(),
+        )
+    return str(info.model_uri)
+
+
+def _requirements() -> list[str]:
+    """Pinned to what trained the model, for `mlflow models serve` in a fresh environment."""
+    from importlib.metadata import version
+
+    names = (_tensorflow_distribution(), "keras", "mlflow", "numpy", "pandas", "pillow")
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def _tensorflow_distribution() -> str:
+    """`tensorflow-cpu` here and in CI; `tensorflow` on GPU images."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("tensorflow-cpu")
+    except PackageNotFoundError:
+        return "tensorflow"
+    return "tensorflow-cpu"
+
+
+def learning_curve(history: list[EpochRecord]) -> Figure:
+    """Loss and ROC AUC per epoch, train and validation, with the phases marked."""
+    figure, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(10, 4), constrained_layout=True)
+    epochs = [record.epoch for record in history]
+    for axis, (key, title) in zip(axes, CURVE_METRICS, strict=True):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            values = [record.metrics.get(f"{prefix}{key}", float("nan")) for record in history]
+            axis.plot(epochs, values, marker="o", label=label)
+        for record, following in itertools.pairwise(history):
+            if following.phase != record.phase:
+                axis.axvline(record.epoch + 0.5, color="grey", linestyle="--", linewidth=1)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    best = max(history, key=lambda record: record.metrics.get("val_auc", float("-inf")))
+    figure.suptitle(f"best epoch {best.epoch} (val ROC AUC {best.metrics.get('val_auc', 0):.3f})")
+    return figure

@@ -1,0 +1,157 @@
+"""A tiny training run as users start it (`dvc repro train`, i.e. `cme train` after the
+dataset stages), on generated images at 32 px, from scratch: the MLflow run carries its
+lineage, per-epoch metrics and curve, and the logged pyfunc predicts like the Keras model
+from JPEG bytes, base64 text and arrays."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+import pipelines.training.model  # noqa: F401 (registers the layer the .keras file names)
+from pipelines.dataset.tfdata import evaluation_batches, labelled_files
+from pipelines.training.pyfunc import InvalidImage
+from tests.integration.test_dataset_pipeline import ROOT, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY_TRAINING = {
+    "image_size": 32, "batch_size": 16, "weights": "none", "unfreeze_from": "all",
+    "head_epochs": 0, "epochs": 2, "learning_rate": 0.001, "patience": 2,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git-tracked project folder whose params.yaml asks for a tiny run, with 100
+    registered generated images, after `dvc repro train`."""
+    folder = tmp_path_factory.mktemp("training-project")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(TINY_TRAINING)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(ROOT / "dvc.yaml", folder)
+    for command in (
+        ("git", "init", "-q"), ("git", "add", "params.yaml", "dvc.yaml"),
+        ("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"),
+    ):  # fmt: skip
+        assert _shell(command, folder) == 0
+    for command in (
+        ("cme", "sample-data", "lab", "--n", "100", "--seed", "8",
+         "-S", "sample_data.image_size=64"),
+        ("cme", "labels", "import", "lab/metadata.csv", "--images", "lab/images"),
+        ("dvc", "init", "--no-scm", "--quiet"),
+    ):  # fmt: skip
+        done = run(*command, cwd=folder)
+        assert done.returncode == 0, done.stdout + done.stderr
+    trained = run("dvc", "repro", "train", cwd=folder)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "epoch   2 fine-tune" in trained.stdout
+    return folder
+
+
+def _shell(command: tuple[str, ...], cwd: Path) -> int:
+    import subprocess
+
+    return subprocess.run(command, cwd=cwd, capture_output=True, check=False).returncode
+
+
+@pytest.fixture(scope="module")
+def tracking(project: Path) -> MlflowClient:
+    uri = f"sqlite:///{project / '.cme' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def pipeline_record(project: Path, name: str) -> dict:
+    return json.loads((project / ".cme" / "pipeline" / f"{name}.json").read_text())
+
+
+def test_the_run_carries_its_lineage_params_and_per_epoch_metrics(project, tracking):
+    trained, snapshot = pipeline_record(project, "train"), pipeline_record(project, "snapshot")
+    run_ = tracking.get_run(trained["run_id"])
+    head = _shell_output(("git", "rev-parse", "HEAD"), project)
+
+    assert run_.info.status == "FINISHED"
+    assert tracking.get_experiment(run_.info.experiment_id).name == "melanoma-retrain"
+    assert run_.data.tags["snapshot_id"] == trained["snapshot_id"] == snapshot["snapshot_id"]
+    assert run_.data.tags["dvc_hash"] == snapshot["dvc_hash"]
+    assert run_.data.tags["git_commit"] == head
+    assert run_.data.params["train.image_size"] == "32"
+    assert run_.data.params["train.weights"] == "none"
+    assert int(run_.data.params["data.train_images"]) > 0
+    history = tracking.get_metric_history(run_.info.run_id, "val_auc")
+    assert [metric.step for metric in history] == [1, 2]
+    assert run_.data.metrics["best_epoch"] in (1, 2)
+    artifacts = {artifact.path for artifact in tracking.list_artifacts(run_.info.run_id)}
+    assert "learning_curve.png" in artifacts
+    curve = mlflow.artifacts.download_artifacts(run_id=run_.info.run_id,
+                                                artifact_path="learning_curve.png")  # fmt: skip
+    assert Image.open(curve).size[0] > 300
+
+
+def _shell_output(command: tuple[str, ...], cwd: Path) -> str:
+    import subprocess
+
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_pyfunc_predicts_like_the_keras_model_from_bytes_base64_and_arrays(project, tracking):
+    model_uri = pipeline_record(project, "train")["model_uri"]
+    snapshot_id = pipeline_record(project, "snapshot")["snapshot_id"]
+    data_dir = project / "data"
+    manifest = pd.read_csv(data_dir / "snapshots" / snapshot_id / "manifest.csv")
+    test_split = labelled_files(manifest, data_dir, "test")
+    model_folder = Path(mlflow.artifacts.download_artifacts(model_uri))
+    keras_file = model_folder / "artifacts" / "classifier.keras"
+    keras_model = keras.saving.load_model(keras_file, compile=False)
+    batches = evaluation_batches(test_split, image_size=32, batch_size=8, cache="none", name="t")
+    expected = np.asarray(keras_model.predict(batches.dataset, verbose=0)).reshape(-1)
+
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    jpeg = [Path(f).read_bytes() for f in test_split.files]
+    as_text = [base64.b64encode(b).decode() for b in jpeg]
+    as_arrays = [np.asarray(Image.open(f).convert("RGB")) for f in test_split.files]
+
+    for images in (jpeg, as_text):
+        predicted = pyfunc.predict(pd.DataFrame({"image": images}))
+        np.testing.assert_allclose(predicted["probability"], expected, rtol=1e-5, atol=1e-6)
+        assert list(predicted["melanoma"]) == list(expected >= 0.5)
+    from_arrays = pyfunc.predict(pd.DataFrame({"image": as_arrays}))
+    # PIL and TensorFlow decode JPEG with slightly different rounding
+    np.testing.assert_allclose(from_arrays["probability"], expected, atol=0.02)
+    assert pyfunc.metadata.get_input_schema().input_names() == ["image"]
+    assert pyfunc.metadata.get_output_schema().input_names() == ["probability", "melanoma"]
+
+
+def test_the_pyfunc_names_the_row_that_is_not_an_image(project, tracking):
+    pyfunc = mlflow.pyfunc.load_model(pipeline_record(project, "train")["model_uri"])
+    good = next((project / "lab" / "images").iterdir()).read_bytes()
+
+    with pytest.raises(InvalidImage, match="row 1: not a readable image"):
+        pyfunc.predict(pd.DataFrame({"image": [good, b"not an image at all"]}))
+    with pytest.raises(InvalidImage, match="row 0: text is not base64"):
+        pyfunc.predict(pd.DataFrame({"image": ["%%% not base64"]}))
+
+
+def test_dvc_repro_skips_training_when_nothing_changed(project):
+    again = run("dvc", "repro", "train", cwd=project)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Stage 'train' didn't change, skipping" in again.stdout
+
+
+def test_train_before_any_snapshot_says_what_to_do(tmp_path):
+    result = run("cme", "train", "-S", "train.weights=none", "-S", "train.unfreeze_from=all",
+                 cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "no snapshot to train on yet: take one with `cme snapshot`" in result.stderr

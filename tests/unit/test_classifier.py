@@ -1,0 +1,129 @@
+"""The ResNet50 classifier: it can learn (one-batch memorization), takes raw images of any
+size, freezes what the schedule says, and starts from the weights it is given or says
+clearly why it cannot."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from cme.params import ParamsError, load_params
+from pipelines.training.config import TrainConfig, TrainConfigError
+from pipelines.training.fit import balanced_class_weight
+from pipelines.training.model import (
+    IMAGENET_NOTOP_FILE,
+    WeightsUnavailable,
+    build_classifier,
+    compile_classifier,
+    freeze_base,
+    resnet_base,
+    resolve_weights,
+    unfreeze_from,
+)
+from tests.training_support import sample_manifest
+
+SCRATCH = TrainConfig(image_size=32, weights="none", unfreeze_from="all", dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def scratch_model() -> keras.Model:
+    return build_classifier(SCRATCH, weights_file=None)
+
+
+@pytest.mark.slow
+def test_the_model_memorizes_one_batch(tmp_path):
+    """FSDL's cheapest proof that training works end to end: loss on one batch of real
+    generated images falls far below where it started."""
+    manifest = sample_manifest(tmp_path, n=16, image_size=48)
+    images = np.stack([
+        np.asarray(keras.utils.load_img(tmp_path / path), dtype=np.float32)
+        for path in manifest["path"]
+    ])  # fmt: skip
+    labels = manifest["label"].to_numpy(dtype=np.float32)[:, None]
+    assert 0 < labels.sum() < len(labels)
+    keras.utils.set_random_seed(0)
+    model = build_classifier(SCRATCH, weights_file=None)
+    compile_classifier(model, learning_rate=1e-3, threshold=0.5)
+
+    losses = [float(model.train_on_batch(images, labels)[0]) for _ in range(30)]
+
+    assert losses[-1] < 0.25 * losses[0], losses
+    assert losses[-1] < 0.1
+
+
+def test_the_model_takes_raw_rgb_images_of_any_size(scratch_model):
+    small = np.random.default_rng(0).uniform(0, 255, (2, 20, 28, 3)).astype(np.float32)
+    large = np.random.default_rng(1).uniform(0, 255, (3, 70, 50, 3)).astype(np.float32)
+
+    for batch in (small, large):
+        probabilities = np.asarray(scratch_model.predict_on_batch(batch))
+        assert probabilities.shape == (len(batch), 1)
+        assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_warm_up_trains_only_the_head_and_fine_tuning_only_the_last_block():
+    pretrained = TrainConfig(image_size=32, weights="placeholder.h5", unfreeze_from="conv5")
+    model = build_classifier(pretrained, weights_file=None)
+    base = resnet_base(model)
+
+    freeze_base(model)
+    assert [w.path for w in model.trainable_weights] == [
+        "melanoma/kernel", "melanoma/bias",
+    ]  # fmt: skip
+
+    unfreeze_from(model, "conv5")
+    trained = {layer.name.split("_")[0] for layer in base.layers if layer.trainable and
+               layer.weights}  # fmt: skip
+    assert trained == {"conv5"}
+
+    unfreeze_from(model, "all")
+    assert all(layer.trainable for layer in base.layers)
+
+
+def test_training_starts_from_a_local_weights_file(tmp_path):
+    donor = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    weights_file = tmp_path / "resnet50_notop.weights.h5"
+    donor.save_weights(weights_file)
+    config = TrainConfig(image_size=32, weights=str(weights_file))
+
+    model = build_classifier(config, resolve_weights(config))
+
+    for ours, theirs in zip(resnet_base(model).weights, donor.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_name_the_two_ways_out(tmp_path):
+    config = TrainConfig(image_size=32)  # weights: imagenet
+    closed_port = f"http://127.0.0.1:9/{IMAGENET_NOTOP_FILE}"
+
+    with pytest.raises(WeightsUnavailable) as raised:
+        resolve_weights(config, imagenet_origin=closed_port, cache_dir=str(tmp_path))
+
+    message = str(raised.value)
+    assert "could not be downloaded" in message
+    assert "train.weights=/path/to/it" in message
+    assert "train.weights=none train.unfreeze_from=all" in message
+
+
+def test_a_missing_weights_file_is_named(tmp_path):
+    config = TrainConfig(image_size=32, weights=str(tmp_path / "nowhere.h5"))
+    with pytest.raises(WeightsUnavailable, match=r"nowhere\.h5: no such file"):
+        resolve_weights(config)
+
+
+def test_training_from_scratch_requires_every_layer_to_learn(tmp_path):
+    with pytest.raises(TrainConfigError, match=r"set train\.unfreeze_from=all"):
+        TrainConfig(weights="none", unfreeze_from="conv5")
+    params_file = tmp_path / "params.yaml"
+    with pytest.raises(ParamsError, match=r"unfreeze_from=all"):
+        load_params(params_file, ["train.weights=none"]).train.config()
+    with pytest.raises(ParamsError, match=r"train\.imbalance"):
+        load_params(params_file, ["train.imbalance=smote"])
+
+
+def test_class_weights_make_both_classes_count_equally():
+    labels = np.array([1, 0, 0, 0, 0, 0, 0, 0], dtype=np.float32)
+    weights = balanced_class_weight(labels)
+    assert weights[1] * 1 == pytest.approx(weights[0] * 7)
+    assert weights[0] * 7 + weights[1] * 1 == pytest.approx(len(labels))
