@@ -18,12 +18,19 @@ setup: ## Install uv if missing, create .venv, install the locked dependencies.
 	@# Byte-compile our own packages too: with PYTHONDONTWRITEBYTECODE set, nothing else would.
 	@$(UV) run --locked python -m compileall -q cme registry pipelines flows
 
-demo: setup ## Generate sample images, register, validate and snapshot them (embedded stores).
+# The demo trains from scratch at 64 px for a few epochs: no ImageNet download, minutes on
+# two CPU cores. Drop these overrides on a GPU worker with internet for the real thing.
+DEMO_TRAIN ?= -S train.weights=none -S train.unfreeze_from=all -S train.image_size=64 \
+	-S train.epochs=3 -S train.learning_rate=0.001 -S train.batch_size=16
+
+demo: setup ## Generate sample images, register, validate, snapshot and train (embedded stores).
 	$(UV) run --locked cme sample-data $(DEMO_DIR)/week1 --n 200 --seed 1
 	$(UV) run --locked cme labels import $(DEMO_DIR)/week1/metadata.csv --images $(DEMO_DIR)/week1/images --steward demo
 	$(UV) run --locked cme labels stats
 	$(UV) run --locked cme validate
 	$(UV) run --locked cme snapshot --steward demo
+	$(UV) run --locked cme train $(DEMO_TRAIN)
+	@echo "MLflow UI on this data: $(UV) run --locked mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.cme/mlflow.db"
 
 test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
 	$(UV) run --locked pytest -n 2 $(PYTEST_ARGS)
@@ -36,6 +43,7 @@ lint: setup ## ruff (lint + format check) and mypy on the domain packages.
 bench: setup ## Benchmarks on the shared HAM10000 copy (prints figures and ratios).
 	$(UV) run --locked python bench/label_import.py --data $(HAM10000)
 	$(UV) run --locked python bench/dataset_snapshot.py --data $(HAM10000)
+	$(UV) run --locked python bench/training.py --data $(HAM10000)
 
 clean: ## Remove the embedded stores and generated data (.cme/, data/, data.dvc, DVC cache).
 	rm -rf .cme data data.dvc .dvc/cache .dvc/tmp

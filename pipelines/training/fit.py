@@ -8,7 +8,6 @@ epoch by validation ROC AUC, across both phases, is the model returned.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,6 @@ from pipelines.training.model import (
     unfreeze_from,
 )
 
-log = logging.getLogger(__name__)
 BEST_WEIGHTS_FILE = "best.weights.h5"
 MONITOR = "val_auc"
 
@@ -64,9 +62,8 @@ class TrainResult:
     model: keras.Model  # float32, best epoch's weights
     config: TrainConfig
     hardware: Hardware
-    history: list[EpochRecord] = field(default_factory=list)
     class_weight: dict[int, float] | None = None
-    split_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # (images, melanoma)
+    history: list[EpochRecord] = field(default_factory=list)
 
     @property
     def best(self) -> EpochRecord:
@@ -74,6 +71,7 @@ class TrainResult:
 
     @property
     def training_images_per_second(self) -> float:
+        """Over whole epochs (validation included), as a scheduler sees them."""
         seconds = sum(record.seconds for record in self.history)
         return sum(record.images for record in self.history) / seconds if seconds else 0.0
 
@@ -97,23 +95,11 @@ def train_classifier(
     train_files = labelled_files(manifest, data_dir, "train")
     val_files = labelled_files(manifest, data_dir, "val")
     _check_trainable(train_files, val_files)
-    weights_file = resolve_weights(config)
     hardware = _hardware(config)
     strategy = _strategy(hardware)
     with dtype_policy(hardware.precision), strategy.scope():
-        model = build_classifier(config, weights_file)
-    result = TrainResult(
-        model=model,
-        config=config,
-        hardware=hardware,
-        class_weight=balanced_class_weight(train_files.labels)
-        if config.imbalance == "class_weight"
-        else None,
-        split_sizes={
-            "train": (len(train_files), train_files.melanoma),
-            "val": (len(val_files), val_files.melanoma),
-        },
-    )
+        model = build_classifier(config, resolve_weights(config))
+    result = TrainResult(model, config, hardware, class_weight=_class_weight(config, train_files))
     train_batches = _training_batches(train_files, config, hardware)
     val_batches = evaluation_batches(
         val_files,
@@ -122,33 +108,37 @@ def train_classifier(
         cache=config.cache,
         name="val",
     )
-    work_dir.mkdir(parents=True, exist_ok=True)
     best_file = work_dir / BEST_WEIGHTS_FILE
+    work_dir.mkdir(parents=True, exist_ok=True)
     best_file.unlink(missing_ok=True)
     recorder = _EpochRecorder(result, train_batches, on_epoch)
     best: float | None = None
     for phase, epochs, learning_rate in _phases(config):
         with strategy.scope():
-            if phase == "head":
-                freeze_base(model)
-            else:
-                unfreeze_from(model, config.unfreeze_from)
-            compile_classifier(model, learning_rate, config.threshold)
+            _prepare_phase(model, phase, learning_rate, config)
         recorder.phase = phase
+        fit_callbacks = [recorder, *callbacks]
         best = _fit_phase(
-            model,
-            epochs,
-            train_batches,
-            val_batches,
-            result,
-            best_file,
-            best,
-            [recorder, *callbacks],
+            model, epochs, train_batches, val_batches, result, best_file, best, fit_callbacks
         )
     if best_file.exists():
         model.load_weights(best_file)
     result.model = float32_copy(model, config) if hardware.precision != "float32" else model
     return result
+
+
+def _prepare_phase(
+    model: keras.Model, phase: str, learning_rate: float, config: TrainConfig
+) -> None:
+    if phase == "head":
+        freeze_base(model)
+    else:
+        unfreeze_from(model, config.unfreeze_from)
+    compile_classifier(model, learning_rate, config.threshold)
+
+
+def _class_weight(config: TrainConfig, train: LabelledFiles) -> dict[int, float] | None:
+    return balanced_class_weight(train.labels) if config.imbalance == "class_weight" else None
 
 
 def _check_trainable(train: LabelledFiles, val: LabelledFiles) -> None:
