@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+# Every label source, so that a snapshot holds the whole HAM10000 copy.
+ALL_SOURCES = "snapshot.label_sources=[histo,follow_up,consensus,confocal]"
 ADMIN_URL = os.environ.get(
     "CME_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )

@@ -21,9 +21,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _support import Stopwatch, fresh_postgres_database
+from _support import ALL_SOURCES, Stopwatch, fresh_postgres_database
 
-ALL_SOURCES = "snapshot.label_sources=[histo,follow_up,consensus,confocal]"
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -31,9 +31,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _support import Stopwatch
-
-ALL_SOURCES = "snapshot.label_sources=[histo,follow_up,consensus,confocal]"
+from _support import ALL_SOURCES, Stopwatch
 
 
 def main() -> None:

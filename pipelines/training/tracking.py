@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import mlflow
 from matplotlib.figure import Figure
 
-from pipelines.training.fit import EpochRecord, TrainResult
+from pipelines.training.fit import TrainResult
 from pipelines.training.pyfunc import (
     IMAGE_COLUMN,
     KERAS_ARTIFACT,
@@ -76,7 +76,7 @@ def log_result(result: TrainResult, example_image: bytes) -> str:
             "train_images_per_second": result.training_images_per_second,
         }
     )
-    figure = learning_curve(result.history)
+    figure = learning_curve(result)
     mlflow.log_figure(figure, "learning_curve.png")
     plt.close(figure)
     return log_classifier(result, example_image)
@@ -123,8 +123,9 @@ def _tensorflow_distribution() -> str:
     return "tensorflow-cpu"
 
 
-def learning_curve(history: list[EpochRecord]) -> Figure:
+def learning_curve(result: TrainResult) -> Figure:
     """Loss and ROC AUC per epoch, train and validation, with the phases marked."""
+    history = result.history
     figure, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(10, 4), constrained_layout=True)
     epochs = [record.epoch for record in history]
     for axis, (key, title) in zip(axes, CURVE_METRICS, strict=True):
@@ -137,6 +138,6 @@ def learning_curve(history: list[EpochRecord]) -> Figure:
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.legend()
-    best = max(history, key=lambda record: record.metrics.get("val_auc", float("-inf")))
+    best = result.best
     figure.suptitle(f"best epoch {best.epoch} (val ROC AUC {best.metrics.get('val_auc', 0):.3f})")
     return figure
