@@ -1,0 +1,2 @@
+"""Evaluation of champion and challenger on the same locked test set: metrics at the
+operating threshold, curves, subgroups and paired statistics -> EvaluationReport."""
