@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.dataset import SplitFractions
+from pipelines.gate import GatePolicy, MetricRule, Mode, SubgroupMetric
 from pipelines.training.config import Augmentation, TrainConfig, TrainConfigError
 from pipelines.validation.bounds import DriftThresholds, ManifestBounds
 from registry.labels import LABEL_SOURCES, IntakeRules
+
+if TYPE_CHECKING:
+    from pipelines.evaluation.evaluate import EvaluationSettings
 
 
 class ParamsError(ValueError):
@@ -139,6 +143,63 @@ class TrainParams(_Section):
             raise ParamsError(str(error)) from None
 
 
+class EvaluateParams(_Section):
+    target_sensitivity: float | None = Field(default=None, gt=0, le=1)
+    age_bands: tuple[float, ...] = Field(default=(0, 30, 45, 60, 75, 120), min_length=2)
+    min_subgroup_images: int = Field(default=30, ge=1)
+    min_subgroup_melanoma: int = Field(default=5, ge=0)
+    bootstrap_iterations: int = Field(default=2000, ge=100)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _bands_increase(self) -> EvaluateParams:
+        if list(self.age_bands) != sorted(set(self.age_bands)):
+            raise ValueError(f"age_bands must increase strictly, got {list(self.age_bands)}")
+        return self
+
+    def settings(self, alpha: float) -> EvaluationSettings:
+        from pipelines.evaluation.evaluate import EvaluationSettings
+        from pipelines.evaluation.subgroups import AgeBands
+
+        return EvaluationSettings(
+            age_bands=AgeBands(self.age_bands),
+            min_subgroup_images=self.min_subgroup_images,
+            min_subgroup_melanoma=self.min_subgroup_melanoma,
+            bootstrap_iterations=self.bootstrap_iterations,
+            confidence=self.confidence,
+            alpha=alpha,
+            seed=self.seed,
+        )
+
+
+class GateParams(_Section):
+    roc_auc: Mode = Mode.superiority
+    roc_auc_margin: float = Field(default=0.0, ge=0, lt=1)
+    f1: Mode = Mode.non_inferiority
+    f1_margin: float = Field(default=0.02, ge=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    sensitivity_floor: float = Field(default=0.80, ge=0, le=1)
+    max_subgroup_drop: float = Field(default=0.10, ge=0, le=1)
+    subgroup_metrics: tuple[SubgroupMetric, ...] = ("sensitivity", "roc_auc")
+    first_model_roc_auc: float = Field(default=0.75, ge=0, le=1)
+    first_model_f1: float = Field(default=0.40, ge=0, le=1)
+    approval: Literal["required", "not_required"] = "required"
+
+    def policy(self) -> GatePolicy:
+        return GatePolicy(
+            roc_auc=MetricRule(self.roc_auc, self.roc_auc_margin),
+            f1=MetricRule(self.f1, self.f1_margin),
+            alpha=self.alpha,
+            sensitivity_floor=self.sensitivity_floor,
+            max_subgroup_drop=self.max_subgroup_drop,
+            subgroup_metrics=tuple(self.subgroup_metrics),
+            first_model_roc_auc=self.first_model_roc_auc,
+            first_model_f1=self.first_model_f1,
+            approval_required=self.approval == "required",
+        )
+
+
 class Params(_Section):
     intake: IntakeParams = IntakeParams()
     split: SplitParams = SplitParams()
@@ -147,6 +208,8 @@ class Params(_Section):
     drift: DriftParams = DriftParams()
     sample_data: SampleDataParams = SampleDataParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
 
 
 def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:

@@ -1,0 +1,231 @@
+"""The promotion gate: a pure function of the evidence and the policy.
+
+`decide(challenger, champion, policy)` never touches a registry; the adapter in
+`registry.models` acts on the Decision it returns (TFX's blessing, not a fetch-compare-mutate
+step). Every rule gives one Reason, passed or not, so a reviewer reads why.
+
+The mission's rule is that a challenger must beat the champion on F1 and on ROC AUC. Each of
+the two metrics is judged in one of three statistical modes:
+
+- `point`: the challenger's point estimate is higher;
+- `non_inferiority`: it is higher, and the one-sided lower confidence bound of the
+  difference is above `-margin` (it is not plausibly worse by more than the margin);
+- `superiority`: the one-sided lower confidence bound of the difference is above `margin`
+  (0 by default: better beyond chance, DeLong for ROC AUC, a paired bootstrap for F1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+if TYPE_CHECKING:  # the gate itself needs no NumPy, pandas or scikit-learn
+    from pipelines.evaluation.report import ChampionComparison, ModelEvaluation
+    from pipelines.evaluation.subgroups import SubgroupRow
+
+
+class Mode(StrEnum):
+    point = "point"
+    non_inferiority = "non_inferiority"
+    superiority = "superiority"
+
+
+SubgroupMetric = Literal["sensitivity", "specificity", "f1", "roc_auc"]
+SUBGROUP_METRICS: tuple[str, ...] = get_args(SubgroupMetric)
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    mode: Mode
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What a challenger must show; params.yaml `gate` holds it."""
+
+    roc_auc: MetricRule = MetricRule(Mode.superiority)
+    f1: MetricRule = MetricRule(Mode.non_inferiority, 0.02)
+    alpha: float = 0.05
+    sensitivity_floor: float = 0.80
+    max_subgroup_drop: float = 0.10
+    subgroup_metrics: tuple[SubgroupMetric, ...] = ("sensitivity", "roc_auc")
+    first_model_roc_auc: float = 0.75
+    first_model_f1: float = 0.40
+    approval_required: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.subgroup_metrics) - set(SUBGROUP_METRICS))
+        if unknown:
+            raise ValueError(f"unknown subgroup metric(s) {unknown}; known: {SUBGROUP_METRICS}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class Reason:
+    rule: str
+    passed: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'pass' if self.passed else 'FAIL'}  {self.rule}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    needs_approval: bool
+    reasons: tuple[Reason, ...] = field(default_factory=tuple)
+
+    @property
+    def verdict(self) -> str:
+        return "promote" if self.promote else "reject"
+
+    @property
+    def failed(self) -> tuple[Reason, ...]:
+        return tuple(reason for reason in self.reasons if not reason.passed)
+
+    def lines(self) -> list[str]:
+        approval = ", awaiting a reviewer's approval" if self.needs_approval else ""
+        return [f"decision: {self.verdict}{approval}", *(r.line() for r in self.reasons)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        reasons = tuple(Reason(**reason) for reason in data["reasons"])
+        return cls(bool(data["promote"]), bool(data["needs_approval"]), reasons)
+
+
+def decide(
+    challenger: ModelEvaluation, champion: ChampionComparison | None, policy: GatePolicy
+) -> Decision:
+    """Promote the challenger only when every rule of the policy passes."""
+    reasons = [_sensitivity_floor(challenger, policy)]
+    if champion is None:
+        reasons += _first_model_floors(challenger, policy)
+    else:
+        reasons += [
+            _roc_auc_rule(champion, policy),
+            _f1_rule(champion, policy),
+            _subgroup_rule(challenger, champion.champion, policy),
+        ]
+    promote = all(reason.passed for reason in reasons)
+    return Decision(promote, promote and policy.approval_required, tuple(reasons))
+
+
+def _sensitivity_floor(challenger: ModelEvaluation, policy: GatePolicy) -> Reason:
+    metrics = challenger.metrics
+    value = metrics.sensitivity
+    return Reason(
+        "sensitivity_floor",
+        value >= policy.sensitivity_floor,
+        f"sensitivity {value:.3f} at threshold {metrics.threshold:g} "
+        f"(floor {policy.sensitivity_floor:.3f}; "
+        f"{metrics.confusion.true_positives} of {metrics.melanoma} melanoma found)",
+    )
+
+
+def _first_model_floors(challenger: ModelEvaluation, policy: GatePolicy) -> list[Reason]:
+    """No champion yet: the first model is held to absolute floors instead."""
+    auc = challenger.metrics.roc_auc
+    f1 = challenger.metrics.f1
+    return [
+        Reason(
+            "first_model_roc_auc",
+            auc is not None and auc >= policy.first_model_roc_auc,
+            f"no champion yet; ROC AUC {_number(auc)} (floor {policy.first_model_roc_auc:.3f})",
+        ),
+        Reason(
+            "first_model_f1",
+            f1 >= policy.first_model_f1,
+            f"no champion yet; F1 {f1:.3f} (floor {policy.first_model_f1:.3f})",
+        ),
+    ]
+
+
+def _roc_auc_rule(champion: ChampionComparison, policy: GatePolicy) -> Reason:
+    comparison = champion.auc
+    if comparison is None:
+        return Reason("roc_auc", False, "ROC AUC is undefined on this test set")
+    lower = comparison.lower_bound(policy.alpha)
+    measured = (
+        f"ROC AUC {comparison.challenger_auc:.3f} vs champion {comparison.champion_auc:.3f} "
+        f"({comparison.difference:+.3f}, one-sided {1 - policy.alpha:.0%} lower bound "
+        f"{lower:+.3f}, DeLong p={comparison.p_superiority:.3g})"
+    )
+    return _judged("roc_auc", comparison.difference, lower, policy.roc_auc, measured)
+
+
+def _f1_rule(champion: ChampionComparison, policy: GatePolicy) -> Reason:
+    comparison = champion.f1
+    measured = (
+        f"F1 {comparison.challenger_f1:.3f} vs champion {comparison.champion_f1:.3f} "
+        f"({comparison.difference:+.3f}, one-sided {1 - comparison.alpha:.0%} lower bound "
+        f"{comparison.lower_bound:+.3f}, paired bootstrap over {comparison.resampled}s)"
+    )
+    if abs(comparison.alpha - policy.alpha) > 1e-12:
+        return Reason(
+            "f1",
+            False,
+            f"{measured}; the bound was taken at alpha {comparison.alpha:g} but the policy "
+            f"asks {policy.alpha:g}: evaluate again",
+        )
+    return _judged("f1", comparison.difference, comparison.lower_bound, policy.f1, measured)
+
+
+def _judged(rule: str, difference: float, lower: float, judge: MetricRule, measured: str) -> Reason:
+    if judge.mode is Mode.point:
+        return Reason(rule, difference > 0, f"{measured}; point mode: must be higher")
+    if judge.mode is Mode.non_inferiority:
+        passed = difference > 0 and lower > -judge.margin
+        return Reason(
+            rule,
+            passed,
+            f"{measured}; non-inferiority: must be higher and the bound above {-judge.margin:+.3f}",
+        )
+    return Reason(
+        rule,
+        lower > judge.margin,
+        f"{measured}; superiority: the bound must be above {judge.margin:+.3f}",
+    )
+
+
+def _subgroup_rule(
+    challenger: ModelEvaluation, champion: ModelEvaluation, policy: GatePolicy
+) -> Reason:
+    """The largest drop in any reported subgroup; small groups are listed, not judged."""
+    drops: list[tuple[float, str]] = []
+    small = 0
+    for row in challenger.subgroups:
+        before = champion.subgroup(row.attribute, row.group)
+        if before is None or row.small or before.small:
+            small += 1
+            continue
+        for metric in policy.subgroup_metrics:
+            now, then = _value(row, metric), _value(before, metric)
+            if now is not None and then is not None:
+                drops.append((then - now, f"{metric} in {row.attribute}={row.group}"))
+    not_judged = f"; {small} small group(s) not judged" if small else ""
+    if not drops:
+        return Reason("subgroups", True, f"no subgroup large enough to judge{not_judged}")
+    worst, where = max(drops)
+    passed = worst <= policy.max_subgroup_drop
+    return Reason(
+        "subgroups",
+        passed,
+        f"largest drop {worst:+.3f} ({where}; allowed {policy.max_subgroup_drop:.3f}){not_judged}",
+    )
+
+
+def _value(row: SubgroupRow, metric: str) -> float | None:
+    value: float | None = getattr(row, metric)
+    return value
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"

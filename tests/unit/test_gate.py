@@ -1,0 +1,200 @@
+"""The promotion gate: every rule, every statistical mode, the first model and approval."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from scipy import stats
+
+from pipelines.evaluation.metrics import BinaryMetrics, ConfusionMatrix
+from pipelines.evaluation.report import ChampionComparison, ModelEvaluation
+from pipelines.evaluation.stats import AucComparison, F1Comparison
+from pipelines.evaluation.subgroups import SubgroupRow
+from pipelines.gate import Decision, GatePolicy, MetricRule, Mode, decide
+
+
+def metrics(
+    sensitivity: float = 0.85, f1: float = 0.6, roc_auc: float | None = 0.88
+) -> BinaryMetrics:
+    melanoma = 100
+    found = round(sensitivity * melanoma)
+    return BinaryMetrics(
+        threshold=0.5, images=1000, melanoma=melanoma, accuracy=0.9, precision=0.5,
+        sensitivity=sensitivity, specificity=0.9, f1=f1, roc_auc=roc_auc, brier=0.1,
+        confusion=ConfusionMatrix(810, 90, melanoma - found, found),
+    )  # fmt: skip
+
+
+def group(
+    name: str, sensitivity: float, roc_auc: float = 0.85, *, small: bool = False
+) -> SubgroupRow:
+    return SubgroupRow(
+        attribute="sex", group=name, images=400, melanoma=40, sensitivity=sensitivity,
+        specificity=0.9, f1=0.6, roc_auc=roc_auc, small=small,
+    )  # fmt: skip
+
+
+def evaluation(
+    role: str, subgroups: tuple[SubgroupRow, ...] = (), **values: float
+) -> ModelEvaluation:
+    return ModelEvaluation(role, f"models:/{role}", None, metrics(**values), subgroups)
+
+
+def auc(difference: float, standard_error: float = 0.01) -> AucComparison:
+    z = difference / standard_error
+    return AucComparison(
+        challenger_auc=0.85 + difference, champion_auc=0.85, difference=difference,
+        standard_error=standard_error, z=z, p_value=float(2 * stats.norm.sf(abs(z))),
+        p_superiority=float(stats.norm.sf(z)), ci_low=difference - 1.96 * standard_error,
+        ci_high=difference + 1.96 * standard_error, confidence=0.95,
+    )  # fmt: skip
+
+
+def f1(difference: float, lower_bound: float, alpha: float = 0.05) -> F1Comparison:
+    return F1Comparison(
+        challenger_f1=0.6 + difference, champion_f1=0.6, difference=difference,
+        ci_low=lower_bound - 0.01, ci_high=difference + 0.05, confidence=0.95, alpha=alpha,
+        lower_bound=lower_bound, p_not_better=0.3, iterations=2000, resampled="lesion",
+    )  # fmt: skip
+
+
+def versus(
+    auc_difference: float = 0.04,
+    f1_difference: float = 0.03,
+    f1_lower: float = -0.01,
+    champion_groups: tuple[SubgroupRow, ...] = (),
+) -> ChampionComparison:
+    champion = evaluation("champion", champion_groups)
+    return ChampionComparison(champion, auc(auc_difference), f1(f1_difference, f1_lower))
+
+
+def reason(decision: Decision, rule: str) -> bool:
+    (found,) = [r for r in decision.reasons if r.rule == rule]
+    return found.passed
+
+
+def test_a_clearly_better_challenger_is_promoted_pending_approval():
+    decision = decide(evaluation("challenger"), versus(), GatePolicy())
+    assert decision.promote
+    assert decision.needs_approval
+    assert {r.rule for r in decision.reasons} == {"sensitivity_floor", "roc_auc", "f1", "subgroups"}
+    assert all(r.passed and r.detail for r in decision.reasons)
+
+
+def test_no_approval_needed_when_the_policy_says_so():
+    decision = decide(evaluation("challenger"), versus(), GatePolicy(approval_required=False))
+    assert decision.promote and not decision.needs_approval
+
+
+def test_a_rejected_challenger_never_needs_approval():
+    decision = decide(evaluation("challenger", sensitivity=0.5), versus(), GatePolicy())
+    assert not decision.promote and not decision.needs_approval
+    assert not reason(decision, "sensitivity_floor")
+    assert "0.500" in decision.failed[0].detail and "0.800" in decision.failed[0].detail
+
+
+@pytest.mark.parametrize(
+    ("mode", "difference", "standard_error", "promoted"),
+    [
+        (Mode.point, 0.001, 0.05, True),  # higher is enough
+        (Mode.point, -0.001, 0.0001, False),
+        (Mode.superiority, 0.01, 0.01, False),  # z = 1 < 1.645
+        (Mode.superiority, 0.02, 0.01, True),  # z = 2 > 1.645
+        (Mode.non_inferiority, 0.001, 0.01, True),  # bound -0.0154 > -0.02
+        (Mode.non_inferiority, 0.001, 0.02, False),  # bound -0.032 < -0.02
+        (Mode.non_inferiority, -0.001, 0.0001, False),  # must still be higher
+    ],
+)
+def test_roc_auc_modes(mode, difference, standard_error, promoted):
+    policy = GatePolicy(roc_auc=MetricRule(mode, 0.02 if mode is Mode.non_inferiority else 0))
+    comparison = replace(versus(), auc=auc(difference, standard_error))
+    decision = decide(evaluation("challenger"), comparison, policy)
+    assert reason(decision, "roc_auc") is promoted
+    assert decision.promote is promoted
+
+
+def test_superiority_margin_raises_the_bar():
+    comparison = replace(versus(), auc=auc(0.03, 0.01))  # one-sided bound 0.0136
+    assert decide(evaluation("challenger"), comparison, GatePolicy()).promote
+    stricter = GatePolicy(roc_auc=MetricRule(Mode.superiority, 0.02))
+    assert not decide(evaluation("challenger"), comparison, stricter).promote
+
+
+@pytest.mark.parametrize(
+    ("mode", "difference", "lower", "promoted"),
+    [
+        (Mode.point, 0.01, -0.2, True),
+        (Mode.point, 0.0, 0.0, False),  # a tie is not a win
+        (Mode.non_inferiority, 0.01, -0.015, True),
+        (Mode.non_inferiority, 0.01, -0.03, False),
+        (Mode.superiority, 0.03, 0.001, True),
+        (Mode.superiority, 0.03, -0.001, False),
+    ],
+)
+def test_f1_modes(mode, difference, lower, promoted):
+    policy = GatePolicy(f1=MetricRule(mode, 0.02 if mode is Mode.non_inferiority else 0))
+    comparison = replace(versus(), f1=f1(difference, lower))
+    assert reason(decide(evaluation("challenger"), comparison, policy), "f1") is promoted
+
+
+def test_f1_bound_taken_at_another_alpha_is_not_trusted():
+    comparison = replace(versus(), f1=f1(0.03, 0.01, alpha=0.10))
+    decision = decide(evaluation("challenger"), comparison, GatePolicy(alpha=0.05))
+    assert not reason(decision, "f1")
+    assert "evaluate again" in decision.failed[0].detail
+
+
+def test_undefined_roc_auc_fails_the_rule():
+    comparison = replace(versus(), auc=None)
+    assert not reason(decide(evaluation("challenger"), comparison, GatePolicy()), "roc_auc")
+
+
+def test_subgroup_drop_beyond_the_limit_blocks_promotion():
+    before = (group("female", 0.90), group("male", 0.90))
+    after = (group("female", 0.91), group("male", 0.75))  # male sensitivity drops 0.15
+    decision = decide(evaluation("challenger", after), versus(champion_groups=before), GatePolicy())
+    assert not reason(decision, "subgroups")
+    assert "sex=male" in decision.failed[0].detail
+    lenient = GatePolicy(max_subgroup_drop=0.2)
+    assert decide(evaluation("challenger", after), versus(champion_groups=before), lenient).promote
+
+
+def test_small_subgroups_are_reported_but_not_judged():
+    before = (group("female", 0.90), group("unknown", 0.90, small=True))
+    after = (group("female", 0.90), group("unknown", 0.20, small=True))
+    decision = decide(evaluation("challenger", after), versus(champion_groups=before), GatePolicy())
+    assert reason(decision, "subgroups")
+    assert "1 small group(s) not judged" in decision.reasons[-1].detail
+
+
+def test_subgroup_metrics_are_a_policy_choice():
+    before = (group("female", 0.90, roc_auc=0.90),)
+    after = (group("female", 0.90, roc_auc=0.70),)  # ROC AUC drops 0.2, sensitivity holds
+    comparison = versus(champion_groups=before)
+    assert not decide(evaluation("challenger", after), comparison, GatePolicy()).promote
+    only_sensitivity = GatePolicy(subgroup_metrics=("sensitivity",))
+    assert decide(evaluation("challenger", after), comparison, only_sensitivity).promote
+
+
+@pytest.mark.parametrize(
+    ("roc_auc", "f1_value", "promoted"),
+    [(0.80, 0.5, True), (0.70, 0.5, False), (0.80, 0.3, False), (None, 0.5, False)],
+)
+def test_first_model_needs_only_the_absolute_floors(roc_auc, f1_value, promoted):
+    challenger = evaluation("challenger", roc_auc=roc_auc, f1=f1_value)
+    decision = decide(challenger, None, GatePolicy())
+    assert decision.promote is promoted
+    rules = {r.rule for r in decision.reasons}
+    assert rules == {"sensitivity_floor", "first_model_roc_auc", "first_model_f1"}
+
+
+def test_decision_round_trips_through_json_ready_dicts():
+    decision = decide(evaluation("challenger"), versus(), GatePolicy())
+    assert Decision.from_dict(decision.to_dict()) == decision
+    assert decision.lines()[0] == "decision: promote, awaiting a reviewer's approval"
+
+
+def test_policy_refuses_nonsense():
+    with pytest.raises(ValueError, match="alpha"):
+        GatePolicy(alpha=0.7)
