@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from pipelines.sample_data import SampleSpec, write_sample_data
 from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelRepository
 from registry.labels.domain import METADATA_COLUMNS
+from tests.mlflow_server import mlflow_server  # noqa: F401 (a session fixture for every test)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CME_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -60,7 +61,8 @@ def postgres_database() -> Iterator[str]:
 def _empty_postgres(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
-        tables = "lesion_splits, snapshots, label_events, images, lesions, quarantine"
+        tables = "audit_events, lesion_splits, snapshots, label_events, images, lesions, "
+        tables += "quarantine"
         connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     engine.dispose()
 

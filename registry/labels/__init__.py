@@ -1,11 +1,13 @@
 """Label registry: the system of record for labelled dermoscopic images."""
 
 from registry.labels.domain import (
+    AUDIT_ACTIONS,
     DIAGNOSES,
     LABEL_SOURCES,
     LOCALIZATIONS,
     METADATA_COLUMNS,
     SEXES,
+    AuditEvent,
     Diagnosis,
     ImageFacts,
     ImportSummary,
@@ -32,11 +34,13 @@ from registry.labels.repository import LabelRepository
 from registry.labels.service import LabelRegistry
 
 __all__ = [
+    "AUDIT_ACTIONS",
     "DIAGNOSES",
     "LABEL_SOURCES",
     "LOCALIZATIONS",
     "METADATA_COLUMNS",
     "SEXES",
+    "AuditEvent",
     "ConcurrentChange",
     "Diagnosis",
     "ImageFacts",

@@ -164,3 +164,30 @@ class SnapshotRecord:
     lesions: int
     melanoma: int
     previous_snapshot_id: str | None
+
+
+AuditAction = Literal[
+    "decision", "approval", "rejection", "promotion", "rollback", "guard_correction"
+]
+AUDIT_ACTIONS: tuple[str, ...] = (
+    "decision", "approval", "rejection", "promotion", "rollback", "guard_correction",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One entry of the model registry's append-only audit trail.
+
+    `champion_after` is the version that serves once the event is done: set by promotions,
+    rollbacks and guard corrections, so the trail alone says who the valid champion is.
+    """
+
+    occurred_at: datetime
+    actor: str
+    action: AuditAction
+    model_name: str
+    version: str | None
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    champion_after: str | None = None
+    event_id: int | None = None

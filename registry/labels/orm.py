@@ -141,3 +141,19 @@ class LesionSplitRow(Base):
     split: Mapped[str] = mapped_column(String(8))
     snapshot_id: Mapped[str] = mapped_column(ForeignKey("snapshots.snapshot_id"))
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditEventRow(Base):
+    """Append-only (third migration): one event of the model registry's audit trail."""
+
+    __tablename__ = "audit_events"
+
+    event_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    model_name: Mapped[str] = mapped_column(String(256))
+    version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    champion_after: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    summary: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)

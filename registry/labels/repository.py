@@ -17,6 +17,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, StatementE
 
 from registry.labels import schema
 from registry.labels.domain import (
+    AuditEvent,
     Diagnosis,
     ImageFacts,
     LabelEvent,
@@ -32,6 +33,7 @@ from registry.labels.errors import (
     SchemaOutOfDate,
 )
 from registry.labels.orm import (
+    AuditEventRow,
     ImageRow,
     LabelEventRow,
     LesionRow,
@@ -237,7 +239,30 @@ class LabelRepository:
             row = connection.execute(query).first()
             return _snapshot_record(row) if row is not None else None
 
+    def audit_events(
+        self, model_name: str, *, limit: int | None = None, newest_first: bool = False
+    ) -> list[AuditEvent]:
+        """The model's audit trail, oldest first (or the newest `limit` events first)."""
+        order = AuditEventRow.event_id.desc() if newest_first else AuditEventRow.event_id
+        query = select(AuditEventRow).where(AuditEventRow.model_name == model_name).order_by(order)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._reading() as connection:
+            return [_audit_event(row) for row in connection.execute(query)]
+
     # -- writing -------------------------------------------------------------------------
+
+    def record_audit_event(self, event: AuditEvent) -> AuditEvent:
+        """Append one event to the audit trail; returns it with its id."""
+        values = {
+            name: getattr(event, name)
+            for name in AuditEvent.__dataclass_fields__
+            if name != "event_id"
+        }
+        with self._writing() as connection:
+            inserted = insert(AuditEventRow).values(values).returning(AuditEventRow.event_id)
+            event_id = connection.execute(inserted).scalar_one()
+        return replace(event, event_id=int(event_id))
 
     def record_snapshot(self, record: SnapshotRecord, splits: Mapping[str, str]) -> None:
         """Record a snapshot and lock the split of each of its lesions not locked before, in
@@ -529,6 +554,12 @@ def _snapshot_values(record: SnapshotRecord) -> dict[str, Any]:
     values = {name: getattr(record, name) for name in SnapshotRecord.__dataclass_fields__}
     values["label_sources"] = list(record.label_sources)
     return values
+
+
+def _audit_event(row: Row[Any]) -> AuditEvent:
+    return AuditEvent(
+        **{name: getattr(row, name) for name in AuditEvent.__dataclass_fields__},
+    )
 
 
 def _label_event(row: Row[Any]) -> LabelEvent:

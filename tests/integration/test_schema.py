@@ -9,7 +9,9 @@ from registry.labels import schema
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"lesions", "images", "label_events", "quarantine", "snapshots", "lesion_splits"}
+TABLES = {
+    "lesions", "images", "label_events", "quarantine", "snapshots", "lesion_splits", "audit_events",
+}  # fmt: skip
 
 
 def test_migrations_round_trip(tmp_path):

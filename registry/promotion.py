@@ -1,0 +1,395 @@
+"""Who serves: the champion's lifecycle across the two systems of record.
+
+The MLflow registry holds versions, aliases and the tags reviewers edit; the label
+registry's database holds the append-only audit trail. The trail is the truth about the
+champion: every promotion and rollback records `champion_after` *before* the alias moves,
+so a crash between the two is completed by the alias guard, and an alias moved by hand to a
+version that never earned it is put back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from registry.labels import AuditEvent, LabelRepository
+from registry.labels.domain import AuditAction
+from registry.models import (
+    APPROVAL,
+    APPROVED,
+    CHALLENGER,
+    CHAMPION,
+    DECISION,
+    NOT_REQUIRED,
+    PENDING,
+    PREVIOUS_CHAMPION,
+    REJECTED,
+    REVIEWER,
+    ModelRegistry,
+    ModelRegistryError,
+    ModelVersion,
+)
+
+GUARD = "alias-guard"
+CHAMPION_CHANGES = ("promotion", "rollback")
+
+
+class PromotionRefused(ModelRegistryError):
+    """The evidence does not allow what was asked; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """What `cme evaluate` hands over for registration: the model, the gate's verdict and
+    the evidence behind it (headline metrics, lineage, policy, report location)."""
+
+    model_uri: str
+    run_id: str
+    promote: bool
+    needs_approval: bool
+    summary: str
+    tags: Mapping[str, str]
+    evidence: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an action did, in one line for the terminal, with the audit event it wrote."""
+
+    message: str
+    version: str | None = None
+    event: AuditEvent | None = None
+
+
+@dataclass(frozen=True)
+class RegistryStatus:
+    champion: ModelVersion | None
+    challenger: ModelVersion | None
+    previous_champion: ModelVersion | None
+    pending_approval: tuple[ModelVersion, ...]
+    last_decision: AuditEvent | None
+    guard_finding: str | None
+
+
+class ChampionLifecycle:
+    """Registration, approval, rejection, promotion, rollback and the alias guard."""
+
+    def __init__(
+        self,
+        models: ModelRegistry,
+        trail: LabelRepository,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.models = models
+        self.trail = trail
+        self._clock = clock
+
+    @property
+    def model_name(self) -> str:
+        return self.models.model_name
+
+    # -- registration ----------------------------------------------------------------------
+
+    def register_challenger(self, record: GateRecord, actor: str) -> Outcome:
+        """A new version with alias `challenger`, its decision in the audit trail; promoted
+        at once when it passed and the policy asks no approval."""
+        self.guard(GUARD)
+        champion = self.expected_champion()
+        approval = PENDING if record.needs_approval else NOT_REQUIRED
+        tags = {
+            **record.tags,
+            DECISION: "promote" if record.promote else "reject",
+            APPROVAL: approval,
+            "champion_at_decision": champion or "none",
+        }
+        version = self.models.register(record.model_uri, record.run_id, tags)
+        evidence = {**record.evidence, "champion_at_decision": champion, "tags": tags}
+        event = self._record(
+            "decision", actor, version.version, f"{tags[DECISION]}: {record.summary}", evidence
+        )
+        self.models.set_alias(CHALLENGER, version.version)
+        if record.promote and not record.needs_approval:
+            return self.promote(version.version, actor)
+        verdict = "awaiting approval" if record.promote else "rejected by the gate"
+        return Outcome(f"version {version.version} registered as challenger: {verdict}",
+                       version.version, event)  # fmt: skip
+
+    # -- reviewers -------------------------------------------------------------------------
+
+    def approve(self, version: str, reviewer: str) -> Outcome:
+        """A reviewer's approval from the terminal; the version is then promoted."""
+        self._decision_allowing_review(version)
+        self.models.set_tags(version, {APPROVAL: APPROVED, REVIEWER: reviewer})
+        self._record("approval", reviewer, version, f"approved by {reviewer}", {"via": "cme"})
+        return self.promote(version, reviewer)
+
+    def reject(self, version: str, reviewer: str, reason: str) -> Outcome:
+        self._decision_allowing_review(version)
+        if version == self.expected_champion():
+            raise PromotionRefused(f"version {version} is the champion: use `cme rollback`")
+        self.models.set_tags(
+            version, {APPROVAL: REJECTED, REVIEWER: reviewer, "rejection_reason": reason}
+        )
+        event = self._record(
+            "rejection", reviewer, version, f"rejected by {reviewer}: {reason}", {"via": "cme"}
+        )
+        return Outcome(f"version {version} rejected by {reviewer}", version, event)
+
+    # -- promotion -------------------------------------------------------------------------
+
+    def finalize(self, actor: str) -> list[Outcome]:
+        """What the promotion flow runs: the alias guard, then every challenger a reviewer
+        approved or rejected in the MLflow UI since it was registered."""
+        outcomes: list[Outcome] = []
+        corrected = self.guard(actor)
+        if corrected is not None:
+            outcomes.append(corrected)
+        for version in self.pending_approval():
+            if version.approval == APPROVED:
+                self._record_ui_review(version, "approval")
+                outcomes.append(self._promote_or_explain(version.version, actor))
+            elif version.approval == REJECTED:
+                event = self._record_ui_review(version, "rejection")
+                reviewer = version.reviewer or "a reviewer"
+                message = f"version {version.version} rejected by {reviewer}"
+                outcomes.append(Outcome(message, version.version, event))
+        return outcomes
+
+    def _promote_or_explain(self, version: str, actor: str) -> Outcome:
+        try:
+            return self.promote(version, actor)
+        except PromotionRefused as refusal:
+            return Outcome(f"version {version} approved but not promoted: {refusal}", version)
+
+    def promote(self, version: str, actor: str) -> Outcome:
+        """Check the evidence again and make `version` the champion."""
+        decision = self._decision_event(version)
+        current = self.expected_champion()
+        if version == current:
+            return Outcome(f"version {version} is already the champion", version)
+        self._check_evidence(self.models.version(version), decision, current)
+        event = self._record(
+            "promotion",
+            actor,
+            version,
+            f"champion {current or 'none'} -> {version}",
+            {"previous_champion": current, "decision_event": decision.event_id},
+            champion_after=version,
+        )
+        self._apply_aliases(version, current)
+        return Outcome(f"version {version} is now the champion (was {current or 'none'})",
+                       version, event)  # fmt: skip
+
+    def rollback(self, actor: str, reason: str) -> Outcome:
+        """Return `champion` to `previous-champion`."""
+        self.guard(GUARD)
+        current = self.expected_champion()
+        previous = self._previous_of(current)
+        if current is None or previous is None:
+            raise PromotionRefused("no previous champion to return to")
+        before_previous = self._previous_of(previous, before=current)
+        event = self._record(
+            "rollback",
+            actor,
+            previous,
+            f"champion {current} -> {previous}: {reason}",
+            {"demoted": current, "previous_champion": before_previous, "reason": reason},
+            champion_after=previous,
+        )
+        self.models.set_tags(current, {"rolled_back": f"{self._clock().isoformat()} {reason}"})
+        self._apply_aliases(previous, before_previous)
+        return Outcome(f"version {previous} is the champion again (was {current})",
+                       previous, event)  # fmt: skip
+
+    # -- the alias guard -------------------------------------------------------------------
+
+    def guard(self, actor: str) -> Outcome | None:
+        """Put `champion` back where the audit trail says it is, unless it was moved by hand
+        to a version that passed the gate and the review: that move is accepted and
+        recorded as a promotion."""
+        expected = self.expected_champion()
+        found = self.models.aliased(CHAMPION)
+        found_version = found.version if found is not None else None
+        if found_version == expected:
+            self._settle_previous_alias(expected)
+            return None
+        if found_version is not None and self._is_valid_candidate(found_version, expected):
+            outcome = self.promote(found_version, f"{actor} (alias set in MLflow)")
+            return Outcome(f"champion alias set by hand on {found_version} accepted: "
+                           f"{outcome.message}", found_version, outcome.event)  # fmt: skip
+        event = self._record(
+            "guard_correction",
+            actor,
+            found_version,
+            f"champion alias found on {found_version or 'nothing'}, put back to "
+            f"{expected or 'nothing'}",
+            {"found": found_version, "restored": expected},
+            champion_after=expected,
+        )
+        self._apply_aliases(expected, self._previous_of(expected))
+        return Outcome(f"alias guard: {event.summary}", expected, event)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def expected_champion(self) -> str | None:
+        """The champion according to the audit trail."""
+        last = self._last_champion_change()
+        return last.champion_after if last is not None else None
+
+    def pending_approval(self) -> list[ModelVersion]:
+        """Versions the gate passed that await (or just got) a reviewer's verdict."""
+        reviewed = {
+            event.version
+            for event in self.trail.audit_events(self.model_name)
+            if event.action in ("approval", "rejection", "promotion")
+        }
+        return [
+            version
+            for version in self.models.versions()
+            if version.decision == "promote"
+            and version.tags.get("champion_at_decision") is not None
+            and version.version not in reviewed
+            and version.approval in (PENDING, APPROVED, REJECTED)
+        ]
+
+    def status(self) -> RegistryStatus:
+        aliases = self.models.aliases()
+        expected = self.expected_champion()
+        found = aliases.get(CHAMPION)
+        finding = None
+        if (found.version if found else None) != expected:
+            finding = (
+                f"champion alias is on {found.version if found else 'nothing'} but the audit "
+                f"trail says {expected or 'nothing'}: `cme promote` will settle it"
+            )
+        decisions = [e for e in self.trail.audit_events(self.model_name) if e.action == "decision"]
+        return RegistryStatus(
+            champion=found,
+            challenger=aliases.get(CHALLENGER),
+            previous_champion=aliases.get(PREVIOUS_CHAMPION),
+            pending_approval=tuple(v for v in self.pending_approval() if v.approval == PENDING),
+            last_decision=decisions[-1] if decisions else None,
+            guard_finding=finding,
+        )
+
+    # -- private ---------------------------------------------------------------------------
+
+    def _check_evidence(
+        self, version: ModelVersion, decision: AuditEvent, current: str | None
+    ) -> None:
+        verdict = decision.evidence.get("tags", {}).get(DECISION)
+        if verdict != "promote":
+            raise PromotionRefused(
+                f"the gate rejected version {version.version}: {decision.summary}"
+            )
+        if version.decision != verdict:
+            raise PromotionRefused(
+                f"version {version.version}'s decision tag reads {version.decision!r} but the "
+                f"audit trail recorded {verdict!r}: the tags were edited, evaluate again"
+            )
+        at_decision = decision.evidence.get("champion_at_decision")
+        if at_decision != current:
+            raise PromotionRefused(
+                f"version {version.version} was judged against champion {at_decision or 'none'}"
+                f", but the champion is now {current or 'none'}: evaluate it again"
+            )
+        required = decision.evidence.get("tags", {}).get(APPROVAL) == PENDING
+        if required and version.approval != APPROVED:
+            raise PromotionRefused(
+                f"version {version.version} awaits a reviewer's approval (approval="
+                f"{version.approval}): set the tag approval=approved in the MLflow UI, or "
+                f"`cme approve {version.version} --reviewer NAME`"
+            )
+        if required and not version.reviewer:
+            raise PromotionRefused(
+                f"version {version.version} is approved but names no reviewer: set the tag "
+                "reviewer to the reviewer's name"
+            )
+
+    def _is_valid_candidate(self, version: str, current: str | None) -> bool:
+        try:
+            self._check_evidence(self.models.version(version), self._decision_event(version),
+                                 current)  # fmt: skip
+        except PromotionRefused:
+            return False
+        return True
+
+    def _decision_allowing_review(self, version: str) -> AuditEvent:
+        decision = self._decision_event(version)
+        if decision.evidence.get("tags", {}).get(DECISION) != "promote":
+            raise PromotionRefused(
+                f"the gate rejected version {version}; there is nothing to review "
+                f"({decision.summary})"
+            )
+        return decision
+
+    def _decision_event(self, version: str) -> AuditEvent:
+        for event in reversed(self.trail.audit_events(self.model_name)):
+            if event.action == "decision" and event.version == version:
+                return event
+        raise PromotionRefused(
+            f"version {version} of {self.model_name} has no gate decision in the audit trail: "
+            "only versions registered by `cme evaluate` can serve"
+        )
+
+    def _record_ui_review(self, version: ModelVersion, action: AuditAction) -> AuditEvent:
+        reviewer = version.reviewer or "unnamed reviewer"
+        verb = "approved" if action == "approval" else "rejected"
+        return self._record(action, reviewer, version.version, f"{verb} by {reviewer} in MLflow",
+                            {"via": "mlflow-ui", "tags": dict(version.tags)})  # fmt: skip
+
+    def _last_champion_change(self) -> AuditEvent | None:
+        for event in reversed(self.trail.audit_events(self.model_name)):
+            if event.action in CHAMPION_CHANGES:
+                return event
+        return None
+
+    def _previous_of(self, champion: str | None, before: str | None = None) -> str | None:
+        """The champion that `champion` replaced, as the audit trail remembers it."""
+        if champion is None:
+            return None
+        for event in reversed(self.trail.audit_events(self.model_name)):
+            if event.action in CHAMPION_CHANGES and event.champion_after == champion:
+                previous = event.evidence.get("previous_champion")
+                return str(previous) if previous and previous != before else None
+        return None
+
+    def _settle_previous_alias(self, champion: str | None) -> None:
+        previous = self._previous_of(champion)
+        found = self.models.aliased(PREVIOUS_CHAMPION)
+        if (found.version if found else None) != previous:
+            self.models.set_alias(PREVIOUS_CHAMPION, previous)
+
+    def _apply_aliases(self, champion: str | None, previous: str | None) -> None:
+        self.models.set_alias(CHAMPION, champion)
+        self.models.set_alias(PREVIOUS_CHAMPION, previous)
+        challenger = self.models.aliased(CHALLENGER)
+        if challenger is not None and challenger.version == champion:
+            self.models.set_alias(CHALLENGER, None)  # it serves now; no longer a challenger
+
+    def _record(
+        self,
+        action: AuditAction,
+        actor: str,
+        version: str | None,
+        summary: str,
+        evidence: Mapping[str, Any],
+        champion_after: str | None = None,
+    ) -> AuditEvent:
+        if action not in (*CHAMPION_CHANGES, "guard_correction"):
+            champion_after = self.expected_champion()  # who served when it happened
+        return self.trail.record_audit_event(
+            AuditEvent(
+                occurred_at=self._clock(),
+                actor=actor,
+                action=action,
+                model_name=self.model_name,
+                version=version,
+                summary=summary,
+                evidence=json.loads(json.dumps(evidence, default=str)),
+                champion_after=champion_after,
+            )
+        )
