@@ -23,14 +23,18 @@ setup: ## Install uv if missing, create .venv, install the locked dependencies.
 DEMO_TRAIN ?= -S train.weights=none -S train.unfreeze_from=all -S train.image_size=64 \
 	-S train.epochs=3 -S train.learning_rate=0.001 -S train.batch_size=16
 
-demo: setup ## Generate sample images, register, validate, snapshot and train (embedded stores).
-	$(UV) run --locked cme sample-data $(DEMO_DIR)/week1 --n 200 --seed 1
+demo: setup ## Generate sample images, register, validate, snapshot, train, evaluate and gate.
+	$(UV) run --locked cme sample-data $(DEMO_DIR)/week1 --n 200 --seed 3
 	$(UV) run --locked cme labels import $(DEMO_DIR)/week1/metadata.csv --images $(DEMO_DIR)/week1/images --steward demo
 	$(UV) run --locked cme labels stats
 	$(UV) run --locked cme validate
 	$(UV) run --locked cme snapshot --steward demo
 	$(UV) run --locked cme train $(DEMO_TRAIN)
+	$(UV) run --locked cme evaluate
+	$(UV) run --locked cme status
 	@echo "MLflow UI on this data: $(UV) run --locked mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.cme/mlflow.db"
+	@echo "A challenger that passed the gate waits for a reviewer: set its tag approval=approved (and reviewer=NAME)"
+	@echo "in the MLflow UI, then run '$(UV) run cme promote'; or run '$(UV) run cme approve VERSION --reviewer NAME'."
 
 test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
 	$(UV) run --locked pytest -n 2 $(PYTEST_ARGS)

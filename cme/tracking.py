@@ -14,6 +14,10 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow tracking server cannot be reached or used; the message names it."""
 
 
+class NothingToEvaluate(LookupError):
+    """No finished training run to evaluate; the message says what to run first."""
+
+
 def use_tracking(settings: Settings) -> str:
     """Point MLflow at the tracking server and the experiment; return the experiment id."""
     import mlflow

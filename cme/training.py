@@ -70,6 +70,7 @@ def train(
             shutil.rmtree(work_dir, ignore_errors=True)
         mlflow.set_tags({"precision": result.hardware.precision, "gpus": result.hardware.gpus})
         model_uri = tracking.log_result(result, _example_image(app, manifest))
+        mlflow.set_tag("model_uri", model_uri)  # what `cme evaluate` finds the model by
     return TrainingOutcome(run.info.run_id, model_uri, snapshot, result)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cme.cli import data, dataset, db, labels, training
+from cme.cli import data, dataset, db, labels, models, training
 from cme.cli.common import fail, run_app_command
 
 app = typer.Typer(
@@ -23,6 +23,13 @@ app.add_typer(dataset.snapshot_app, name="snapshot")
 app.command("export")(dataset.export)
 app.command("validate")(dataset.validate)
 app.command("train")(training.train)
+app.command("evaluate")(models.evaluate)
+app.command("promote")(models.promote)
+app.command("approve")(models.approve)
+app.command("reject")(models.reject)
+app.command("rollback")(models.rollback)
+app.command("status")(models.status)
+app.command("audit")(models.audit)
 app.command("sample-data")(data.sample_data)
 app.command("params")(data.show_params)
 

@@ -17,6 +17,7 @@ from cme.params import ParamsError
 
 T = TypeVar("T")
 
+EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
@@ -41,9 +42,10 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 @contextmanager
 def opened_app() -> Iterator[App]:
-    from cme.tracking import TrackingUnavailable
+    from cme.tracking import NothingToEvaluate, TrackingUnavailable
     from pipelines.dataset.manifest import ManifestError
     from pipelines.dataset.versioning import DataVersionError
+    from pipelines.evaluation import EvaluationError
     from pipelines.training.config import TrainConfigError, TrainingDataError
     from registry.labels import (
         ConcurrentChange,
@@ -51,6 +53,7 @@ def opened_app() -> Iterator[App]:
         RegistryUnavailable,
         SchemaOutOfDate,
     )
+    from registry.models import ModelRegistryError, ModelRegistryUnavailable
 
     app = bootstrap()
     try:
@@ -59,11 +62,14 @@ def opened_app() -> Iterator[App]:
         fail(str(error))
     except (
         RegistryUnavailable, SchemaOutOfDate, ConcurrentChange, DataVersionError,
-        TrackingUnavailable,
+        TrackingUnavailable, ModelRegistryUnavailable,
     ) as error:  # fmt: skip
         fail(str(error), EXIT_UNAVAILABLE)
+    except ModelRegistryError as error:
+        fail(str(error), EXIT_REFUSED)
     except (
         LabelRegistryError, ManifestError, TrainConfigError, TrainingDataError,
+        NothingToEvaluate, EvaluationError,
     ) as error:  # fmt: skip
         fail(str(error))
     finally:

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from pipelines.evaluation import EvaluationError
 from pipelines.evaluation.metrics import (
     as_labels,
     as_probabilities,
@@ -20,6 +21,7 @@ from pipelines.evaluation.stats import delong_test, paired_bootstrap_f1
 from pipelines.evaluation.subgroups import AgeBands, subgroup_table
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+MIN_CASES_PER_CLASS = 2  # DeLong's variance needs two of each class
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,12 @@ def _test_labels(cases: pd.DataFrame) -> npt.NDArray[np.int64]:
     labels = as_labels(cases["label"].to_numpy())
     melanoma = int(labels.sum())
     benign = len(labels) - melanoma
-    if melanoma == 0 or benign == 0:
-        raise ValueError(
-            "the locked test set needs both classes to compare models: it has "
-            f"{melanoma} melanoma and {benign} not-melanoma images"
+    if min(melanoma, benign) < MIN_CASES_PER_CLASS:
+        raise EvaluationError(
+            f"the locked test set needs at least {MIN_CASES_PER_CLASS} melanoma and "
+            f"{MIN_CASES_PER_CLASS} not-melanoma images to compare models: it has "
+            f"{melanoma} melanoma and {benign} not-melanoma images; register more "
+            "confirmed labels and take a new snapshot"
         )
     return labels
 
@@ -135,17 +139,17 @@ def checked_model(role: str, model: ScoredModel, cases: pd.DataFrame) -> ScoredM
     name = f"{role} {model.model_uri}"
     probabilities = as_probabilities(model.probabilities)
     if len(probabilities) != len(cases):
-        raise ValueError(
+        raise EvaluationError(
             f"{name} has {len(probabilities)} probabilities for {len(cases)} test images"
         )
     valid = np.isfinite(probabilities) & (probabilities >= 0.0) & (probabilities <= 1.0)
     if not valid.all():
         first = int(np.argmin(valid))
         image_id = cases["image_id"].iloc[first]
-        raise ValueError(
+        raise EvaluationError(
             f"{name} gave image {image_id} the probability {probabilities[first]!r}: "
             "probabilities must be finite and within [0, 1]"
         )
     if not 0.0 <= model.threshold <= 1.0:
-        raise ValueError(f"{name} has threshold {model.threshold}, not within [0, 1]")
+        raise EvaluationError(f"{name} has threshold {model.threshold}, not within [0, 1]")
     return replace(model, probabilities=probabilities)

@@ -1,0 +1,221 @@
+"""The evaluate stage: score challenger and champion on the challenger's locked test set,
+judge the pair with the gate, log the evidence to the challenger's MLflow run and register
+the challenger (promoted at once only when it passed and the policy asks no approval)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from cme.bootstrap import App
+from cme.datasets import snapshot_manifest
+from cme.params import Params
+from cme.tracking import NothingToEvaluate, use_tracking
+from registry.models import CHAMPION, ModelRegistry
+from registry.promotion import ChampionLifecycle, GateRecord, Outcome
+
+if TYPE_CHECKING:
+    from pipelines.evaluation.evaluate import ScoredModel
+    from pipelines.evaluation.report import EvaluationReport
+    from pipelines.gate import Decision
+
+EVALUATION_ARTIFACTS = "evaluation"
+MODEL_URI_TAG = "model_uri"
+LINEAGE_TAGS = ("snapshot_id", "dvc_hash", "git_commit", "manifest_sha256", "labels_as_of")
+
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    run_id: str
+    report: EvaluationReport
+    decision: Decision
+    registration: Outcome
+
+
+def lifecycle(app: App) -> ChampionLifecycle:
+    """The champion's lifecycle over this installation's MLflow registry and audit trail."""
+    use_tracking(app.settings)
+    models = ModelRegistry.at(app.settings.mlflow_tracking_uri, app.settings.model_name)
+    return ChampionLifecycle(models, app.label_registry().repository)
+
+
+def evaluate_challenger(
+    app: App,
+    params: Params,
+    *,
+    run_id: str | None = None,
+    actor: str | None = None,
+    flow_run_id: str | None = None,
+) -> EvaluationOutcome:
+    """Evaluate the training run `run_id` (default: the latest finished one) against the
+    champion, decide, log the evidence and register the challenger."""
+    import mlflow
+
+    from pipelines.evaluation.artifacts import write_evaluation_artifacts
+    from pipelines.evaluation.evaluate import evaluate_on_test_set
+    from pipelines.gate import decide
+
+    champions = lifecycle(app)
+    run = _training_run(run_id, app.settings.experiment)
+    tags = run.data.tags
+    manifest = snapshot_manifest(app, tags["snapshot_id"])
+    cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    challenger = _scored(app, tags[MODEL_URI_TAG], None, manifest, cases, params)
+    champion = _scored_champion(app, champions, cases)
+    settings = params.evaluate.settings(alpha=params.gate.alpha)
+    report = evaluate_on_test_set(tags["snapshot_id"], cases, challenger, champion, settings)
+    decision = decide(report.challenger, report.versus, params.gate.policy())
+    with mlflow.start_run(run_id=run.info.run_id), tempfile.TemporaryDirectory() as folder:
+        write_evaluation_artifacts(
+            report, cases, challenger, champion, Path(folder), decision.lines()
+        )
+        mlflow.log_artifacts(folder, EVALUATION_ARTIFACTS)
+        mlflow.log_metrics(report.headline())
+        mlflow.set_tags({"gate_decision": decision.verdict, "stage": "train+evaluate"})
+    record = _gate_record(run, report, decision, params, flow_run_id, challenger.threshold)
+    registration = champions.register_challenger(record, actor or app.steward(None))
+    return EvaluationOutcome(run.info.run_id, report, decision, registration)
+
+
+def score(model_uri: str, cases: pd.DataFrame, data_dir: Path) -> tuple[np.ndarray, Any]:
+    """Probabilities of melanoma for each case's image, from the logged pyfunc model, and
+    the model itself (for its configured threshold)."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    images = [(data_dir / str(path)).read_bytes() for path in cases["path"]]
+    predictions = model.predict(pd.DataFrame({"image": images}))
+    return np.asarray(predictions["probability"], dtype=np.float64), model
+
+
+def _scored(
+    app: App,
+    model_uri: str,
+    version: str | None,
+    manifest: pd.DataFrame,
+    cases: pd.DataFrame,
+    params: Params,
+) -> ScoredModel:
+    """The challenger at its operating threshold: its own, or the highest threshold that
+    reaches the policy's target sensitivity on the validation split."""
+    from pipelines.evaluation.evaluate import ScoredModel
+    from pipelines.evaluation.metrics import threshold_for_sensitivity
+
+    probabilities, model = score(model_uri, cases, app.settings.data_dir)
+    threshold = _configured_threshold(model)
+    target = params.evaluate.target_sensitivity
+    if target is not None:
+        validation = manifest[manifest["split"] == "val"].reset_index(drop=True)
+        val_probabilities, _ = score(model_uri, validation, app.settings.data_dir)
+        threshold = threshold_for_sensitivity(
+            validation["label"].to_numpy(), val_probabilities, target
+        )
+    return ScoredModel(model_uri, version, threshold, probabilities)
+
+
+def _scored_champion(
+    app: App, champions: ChampionLifecycle, cases: pd.DataFrame
+) -> ScoredModel | None:
+    """The serving champion on the same cases, at the threshold it serves with."""
+    from pipelines.evaluation.evaluate import ScoredModel
+
+    champions.guard("alias-guard")
+    version = champions.models.aliased(CHAMPION)
+    if version is None:
+        return None
+    probabilities, model = score(version.uri, cases, app.settings.data_dir)
+    threshold = float(version.tags.get("threshold", _configured_threshold(model)))
+    return ScoredModel(version.uri, version.version, threshold, probabilities)
+
+
+def _configured_threshold(model: Any) -> float:
+    config = model.model_config or {}
+    return float(config.get("threshold", 0.5))
+
+
+def _training_run(run_id: str | None, experiment: str) -> Any:
+    import mlflow
+
+    if run_id is not None:
+        return mlflow.get_run(run_id)
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"attributes.status = 'FINISHED' and tags.{MODEL_URI_TAG} != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise NothingToEvaluate(
+            f"no finished training run in experiment {experiment!r}: run `cme train` first"
+        )
+    return runs[0]
+
+
+def _gate_record(
+    run: Any,
+    report: EvaluationReport,
+    decision: Decision,
+    params: Params,
+    flow_run_id: str | None,
+    threshold: float,
+) -> GateRecord:
+    tags = run.data.tags
+    headline = report.headline()
+    version_tags = {
+        **{key: tags.get(key, "") for key in LINEAGE_TAGS},
+        "run_id": run.info.run_id,
+        "flow_run_id": flow_run_id or "",
+        "threshold": f"{threshold:g}",
+        "decision_reasons": "\n".join(reason.line() for reason in decision.reasons),
+        **_headline_tags(report),
+    }
+    evidence = {
+        "decision": decision.to_dict(),
+        "headline": headline,
+        "policy": params.gate.model_dump(mode="json"),
+        "evaluation": params.evaluate.model_dump(mode="json"),
+        "report": f"runs:/{run.info.run_id}/{EVALUATION_ARTIFACTS}/evaluation.json",
+        "run_id": run.info.run_id,
+        "lineage": {key: tags.get(key, "") for key in LINEAGE_TAGS},
+        "flow_run_id": flow_run_id,
+    }
+    failed = [reason.rule for reason in decision.failed]
+    summary = "every rule passed" if not failed else f"failed {', '.join(failed)}"
+    return GateRecord(
+        model_uri=tags[MODEL_URI_TAG],
+        run_id=run.info.run_id,
+        promote=decision.promote,
+        needs_approval=decision.needs_approval,
+        summary=summary,
+        tags=version_tags,
+        evidence=evidence,
+    )
+
+
+def _headline_tags(report: EvaluationReport) -> dict[str, str]:
+    """The headline metrics with their intervals, readable on the version page."""
+    metrics = report.challenger.metrics
+    tags = {
+        "test_sensitivity": f"{metrics.sensitivity:.3f}",
+        "test_specificity": f"{metrics.specificity:.3f}",
+        "test_f1": f"{metrics.f1:.3f}",
+        "test_roc_auc": "undefined" if metrics.roc_auc is None else f"{metrics.roc_auc:.3f}",
+        "test_images": str(report.test_images),
+    }
+    versus = report.versus
+    if versus is not None:
+        f1 = versus.f1
+        tags["delta_f1"] = f"{f1.difference:+.3f} [{f1.ci_low:+.3f}, {f1.ci_high:+.3f}]"
+        if versus.auc is not None:
+            auc = versus.auc
+            tags["delta_roc_auc"] = (
+                f"{auc.difference:+.3f} [{auc.ci_low:+.3f}, {auc.ci_high:+.3f}] "
+                f"p={auc.p_superiority:.3g}"
+            )
+    return tags

@@ -1,0 +1,130 @@
+"""The evaluate stage as users run it: `dvc repro evaluate` registers the first challenger,
+a reviewer approves it, and a second training run is judged against that champion on the
+same locked test set, with the evidence logged to its MLflow run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from pipelines.evaluation.report import EvaluationReport
+from tests.integration.test_dataset_pipeline import ROOT, run
+from tests.integration.test_training_run import TINY_TRAINING
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# A tiny model from scratch cannot meet the real floors; the rules are tested in test_gate.
+LENIENT_GATE = {
+    "sensitivity_floor": 0.0, "first_model_roc_auc": 0.0, "first_model_f1": 0.0,
+    "roc_auc": "point", "f1": "point", "max_subgroup_drop": 1.0,
+}  # fmt: skip
+QUICK_EVALUATION = {"bootstrap_iterations": 200, "min_subgroup_images": 5}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """160 registered generated images (25 in the locked test set, 13 of them melanoma)
+    and the whole pipeline run through `dvc repro evaluate`."""
+    folder = tmp_path_factory.mktemp("evaluation-project")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(TINY_TRAINING)
+    params["gate"].update(LENIENT_GATE)
+    params["evaluate"].update(QUICK_EVALUATION)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(ROOT / "dvc.yaml", folder)
+    for command in (
+        ("cme", "sample-data", "lab", "--n", "160", "--seed", "3",
+         "-S", "sample_data.image_size=64"),
+        ("cme", "labels", "import", "lab/metadata.csv", "--images", "lab/images"),
+        ("dvc", "init", "--no-scm", "--quiet"),
+        ("dvc", "repro", "evaluate"),
+    ):  # fmt: skip
+        done = run(*command, cwd=folder)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tracking(project: Path) -> MlflowClient:
+    uri = f"sqlite:///{project / '.cme' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def record(project: Path, name: str) -> dict:
+    return json.loads((project / ".cme" / "pipeline" / f"{name}.json").read_text())
+
+
+def report_of(tracking: MlflowClient, run_id: str) -> EvaluationReport:
+    path = tracking.download_artifacts(run_id, "evaluation/evaluation.json")
+    return EvaluationReport.from_json(Path(path).read_text())
+
+
+def test_the_first_challenger_is_registered_and_awaits_approval(project, tracking):
+    evaluated, trained = record(project, "evaluate"), record(project, "train")
+    assert evaluated["run_id"] == trained["run_id"]
+    assert evaluated["version"] == "1"
+    assert evaluated["decision"]["promote"] is True
+    assert {r["rule"] for r in evaluated["decision"]["reasons"]} == {
+        "sensitivity_floor", "first_model_roc_auc", "first_model_f1",
+    }  # fmt: skip
+    version = tracking.get_model_version_by_alias("melanoma-resnet50", "challenger")
+    assert str(version.version) == "1"
+    assert version.tags["approval"] == "pending"
+    assert version.tags["snapshot_id"] == record(project, "snapshot")["snapshot_id"]
+    assert version.tags["run_id"] == trained["run_id"]
+    assert "first_model_roc_auc" in version.tags["decision_reasons"]
+
+    report = report_of(tracking, trained["run_id"])
+    assert report.versus is None
+    assert (report.test_images, report.test_melanoma) == (25, 13)
+    run_ = tracking.get_run(trained["run_id"])
+    assert run_.data.metrics["test_roc_auc"] == pytest.approx(report.challenger.metrics.roc_auc)
+    assert run_.data.tags["gate_decision"] == "promote"
+    files = {a.path for a in tracking.list_artifacts(trained["run_id"], "evaluation")}
+    assert {f"evaluation/{name}" for name in (
+        "evaluation.json", "summary.md", "summary.html", "roc.png", "pr.png", "reliability.png",
+        "confusion.png", "subgroups.csv", "predictions.csv",
+    )} <= files  # fmt: skip
+    roc = tracking.download_artifacts(trained["run_id"], "evaluation/roc.png")
+    assert Image.open(roc).size[0] > 300
+
+
+def test_a_second_run_is_judged_against_the_approved_champion(project, tracking):
+    approved = run("cme", "approve", "1", "--reviewer", "dr-okafor", cwd=project)
+    assert approved.returncode == 0, approved.stderr
+    assert "version 1 is now the champion (was none)" in approved.stdout
+
+    retrained = run("cme", "train", "-S", "train.seed=7", cwd=project)
+    assert retrained.returncode == 0, retrained.stderr
+    evaluated = run("cme", "evaluate", "--record", "second.json", cwd=project)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "decision: " in evaluated.stdout
+    second = json.loads((project / "second.json").read_text())
+    assert second["version"] == "2"
+    assert {r["rule"] for r in second["decision"]["reasons"]} == {
+        "sensitivity_floor", "roc_auc", "f1", "subgroups",
+    }  # fmt: skip
+
+    report = report_of(tracking, second["run_id"])
+    assert report.versus is not None
+    assert report.versus.champion.version == "1"
+    assert report.versus.auc is not None
+    first = report_of(tracking, record(project, "train")["run_id"])
+    # the champion's scores on the shared test set are those it had when it was judged
+    assert report.versus.champion.metrics == first.challenger.metrics
+    assert report.versus.auc.champion_auc == pytest.approx(first.challenger.metrics.roc_auc)
+    assert report.versus.f1.resampled == "lesion"
+
+    trail = json.loads(run("cme", "audit", "--format", "json", cwd=project).stdout)
+    assert [(e["action"], e["version"]) for e in trail][:3] == [
+        ("decision", "1"), ("approval", "1"), ("promotion", "1"),
+    ]  # fmt: skip
+    assert trail[3]["action"] == "decision" and trail[3]["version"] == "2"
