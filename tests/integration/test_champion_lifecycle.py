@@ -13,8 +13,8 @@ import sys
 import uuid
 from collections.abc import Iterator
 
-import mlflow
 import pytest
+from mlflow import MlflowClient
 
 from registry.labels import LabelRepository
 from registry.models import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
@@ -35,9 +35,10 @@ def lifecycle(mlflow_server: MlflowServer, database_url: str) -> Iterator[Champi
 
 def trained_model(server: MlflowServer) -> tuple[str, str]:
     """A run with a model folder artifact: (model source URI, run id)."""
-    mlflow.set_tracking_uri(server.url)
-    with mlflow.start_run() as run:
-        mlflow.log_text("stand-in for a logged classifier", "model/MLmodel")
+    client = MlflowClient(server.url)  # not mlflow.set_tracking_uri: it leaks to subprocesses
+    run = client.create_run("0")
+    client.log_text(run.info.run_id, "stand-in for a logged classifier", "model/MLmodel")
+    client.set_terminated(run.info.run_id)
     return f"{run.info.artifact_uri}/model", run.info.run_id
 
 

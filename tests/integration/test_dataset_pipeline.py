@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CME_", "DVC_"))}
+    # a user's clean shell: no settings of ours, of DVC, or of MLflow (whose
+    # set_tracking_uri exports MLFLOW_TRACKING_URI to every later subprocess)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CME_", "DVC_", "MLFLOW_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `cme`
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
