@@ -48,6 +48,7 @@ bench: setup ## Benchmarks on the shared HAM10000 copy (prints figures and ratio
 	$(UV) run --locked python bench/label_import.py --data $(HAM10000)
 	$(UV) run --locked python bench/dataset_snapshot.py --data $(HAM10000)
 	$(UV) run --locked python bench/training.py --data $(HAM10000)
+	$(UV) run --locked python bench/gate_simulation.py
 
 clean: ## Remove the embedded stores and generated data (.cme/, data/, data.dvc, DVC cache).
 	rm -rf .cme data data.dvc .dvc/cache .dvc/tmp

@@ -147,7 +147,7 @@ class EvaluateParams(_Section):
     target_sensitivity: float | None = Field(default=None, gt=0, le=1)
     age_bands: tuple[float, ...] = Field(default=(0, 30, 45, 60, 75, 120), min_length=2)
     min_subgroup_images: int = Field(default=30, ge=1)
-    min_subgroup_melanoma: int = Field(default=5, ge=0)
+    min_subgroup_melanoma: int = Field(default=50, ge=0)
     bootstrap_iterations: int = Field(default=2000, ge=100)
     confidence: float = Field(default=0.95, gt=0, lt=1)
     seed: int = 0
@@ -180,7 +180,7 @@ class GateParams(_Section):
     f1_margin: float = Field(default=0.02, ge=0, lt=1)
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     sensitivity_floor: float = Field(default=0.80, ge=0, le=1)
-    max_subgroup_drop: float = Field(default=0.10, ge=0, le=1)
+    max_subgroup_drop: float = Field(default=0.15, ge=0, le=1)
     subgroup_metrics: tuple[SubgroupMetric, ...] = ("sensitivity", "roc_auc")
     first_model_roc_auc: float = Field(default=0.75, ge=0, le=1)
     first_model_f1: float = Field(default=0.40, ge=0, le=1)

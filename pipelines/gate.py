@@ -50,7 +50,7 @@ class GatePolicy:
     f1: MetricRule = MetricRule(Mode.non_inferiority, 0.02)
     alpha: float = 0.05
     sensitivity_floor: float = 0.80
-    max_subgroup_drop: float = 0.10
+    max_subgroup_drop: float = 0.15
     subgroup_metrics: tuple[SubgroupMetric, ...] = ("sensitivity", "roc_auc")
     first_model_roc_auc: float = 0.75
     first_model_f1: float = 0.40

@@ -28,7 +28,7 @@ MIN_CASES_PER_CLASS = 2  # DeLong's variance needs two of each class
 class EvaluationSettings:
     age_bands: AgeBands = field(default_factory=AgeBands)
     min_subgroup_images: int = 30
-    min_subgroup_melanoma: int = 5
+    min_subgroup_melanoma: int = 50
     bootstrap_iterations: int = 2000
     confidence: float = 0.95
     alpha: float = 0.05
