@@ -142,7 +142,10 @@ def _training_run(run_id: str | None, experiment: str) -> Any:
     import mlflow
 
     if run_id is not None:
-        return mlflow.get_run(run_id)
+        run = mlflow.get_run(run_id)
+        if MODEL_URI_TAG not in run.data.tags:
+            raise NothingToEvaluate(f"run {run_id} logged no model to evaluate")
+        return run
     runs = mlflow.search_runs(
         experiment_names=[experiment],
         filter_string=f"attributes.status = 'FINISHED' and tags.{MODEL_URI_TAG} != ''",

@@ -290,6 +290,15 @@ class ChampionLifecycle:
                 f"version {version.version}'s decision tag reads {version.decision!r} but the "
                 f"audit trail recorded {verdict!r}: the tags were edited, evaluate again"
             )
+        if version.approval == REJECTED:
+            raise PromotionRefused(
+                f"version {version.version} was rejected by {version.reviewer or 'a reviewer'}"
+            )
+        if self._was_rolled_back(version.version):
+            raise PromotionRefused(
+                f"version {version.version} was rolled back: it does not serve again; "
+                "evaluate a new challenger"
+            )
         at_decision = decision.evidence.get("champion_at_decision")
         if at_decision != current:
             raise PromotionRefused(
@@ -308,6 +317,12 @@ class ChampionLifecycle:
                 f"version {version.version} is approved but names no reviewer: set the tag "
                 "reviewer to the reviewer's name"
             )
+
+    def _was_rolled_back(self, version: str) -> bool:
+        return any(
+            event.action == "rollback" and event.evidence.get("demoted") == version
+            for event in self.trail.audit_events(self.model_name)
+        )
 
     def _is_valid_candidate(self, version: str, current: str | None) -> bool:
         try:

@@ -117,6 +117,12 @@ def test_approve_promote_and_rollback_from_the_terminal(lifecycle, mlflow_server
     assert aliases(lifecycle) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
     assert "sensitivity complaints" in lifecycle.models.version("3").tags["rolled_back"]
 
+    with pytest.raises(PromotionRefused, match="version 3 was rolled back"):
+        lifecycle.promote("3", "someone")  # judged against 2, the champion again, yet refused
+    lifecycle.models.set_alias(CHAMPION, "3")  # nor may a hand put it back
+    lifecycle.guard("alias-guard")
+    assert aliases(lifecycle) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
+
     lifecycle.rollback("oncall", "again")
     assert aliases(lifecycle) == {CHAMPION: "1"}
     with pytest.raises(PromotionRefused, match="no previous champion"):
@@ -135,6 +141,8 @@ def test_reviewer_rejection_is_recorded_and_the_champion_stays(lifecycle, mlflow
     lifecycle.reject("2", "dr-ruiz", "lesions on acral sites look worse")
     version = lifecycle.models.version("2")
     assert (version.approval, version.reviewer) == ("rejected", "dr-ruiz")
+    with pytest.raises(PromotionRefused, match="rejected by dr-ruiz"):
+        lifecycle.promote("2", "someone")
     assert lifecycle.finalize("promotion-flow") == []
     assert aliases(lifecycle)[CHAMPION] == "1"
     rejection = lifecycle.trail.audit_events(lifecycle.model_name)[-1]
