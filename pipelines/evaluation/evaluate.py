@@ -104,7 +104,11 @@ def _versus(
     return ChampionComparison(
         champion=_evaluation(CHAMPION, cases, labels, champion, settings),
         auc=delong_test(
-            labels, challenger.probabilities, champion.probabilities, settings.confidence
+            labels,
+            challenger.probabilities,
+            champion.probabilities,
+            settings.confidence,
+            lesions=cases["lesion_id"].to_numpy(),
         ),
         f1=paired_bootstrap_f1(
             labels,
@@ -129,6 +133,13 @@ def _test_labels(cases: pd.DataFrame) -> npt.NDArray[np.int64]:
             f"{MIN_CASES_PER_CLASS} not-melanoma images to compare models: it has "
             f"{melanoma} melanoma and {benign} not-melanoma images; register more "
             "confirmed labels and take a new snapshot"
+        )
+    lesions = cases.groupby("label")["lesion_id"].nunique()
+    if min(int(lesions.get(1, 0)), int(lesions.get(0, 0))) < MIN_CASES_PER_CLASS:
+        raise EvaluationError(
+            f"the locked test set needs melanoma in at least {MIN_CASES_PER_CLASS} lesions and "
+            f"benign images in at least {MIN_CASES_PER_CLASS} lesions to compare models; "
+            "register more confirmed labels and take a new snapshot"
         )
     return labels
 

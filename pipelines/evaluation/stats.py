@@ -100,15 +100,29 @@ def delong_test(
     challenger: npt.ArrayLike,
     champion: npt.ArrayLike,
     confidence: float = 0.95,
+    *,
+    lesions: npt.ArrayLike | None = None,
 ) -> AucComparison:
-    """DeLong's paired test of challenger AUC - champion AUC on the same cases."""
+    """DeLong's paired test of challenger AUC - champion AUC on the same cases.
+
+    With `lesions` (one id per image) the variance treats each lesion's images as one
+    cluster (Obuchowski 1997): images of one lesion are not independent evidence, and
+    treating them so makes the standard error too small. One image per lesion gives
+    DeLong's variance exactly.
+    """
     _check_level("confidence", confidence)
     truth = _binary_labels(labels)
     first = _score_vector(challenger, "challenger", len(truth))
     second = _score_vector(champion, "champion", len(truth))
     aucs, positive, negative = _placements(truth, np.vstack([first, second]))
     difference = float(aucs[0] - aucs[1])
-    standard_error = _difference_standard_error(positive, negative)
+    if lesions is None:
+        standard_error = _difference_standard_error(positive, negative)
+    else:
+        units, _ = _resampling_units(lesions, len(truth))
+        standard_error = _clustered_difference_standard_error(
+            positive[0] - positive[1], negative[0] - negative[1], units[truth], units[~truth]
+        )
     z = _z_score(difference, standard_error)
     half_width = float(stats.norm.ppf(0.5 + confidence / 2.0)) * standard_error
     return AucComparison(
@@ -166,6 +180,40 @@ def _difference_standard_error(positive: FloatArray, negative: FloatArray) -> fl
         float(np.var(positive_difference, ddof=1)) / positive.shape[1]
         + float(np.var(negative_difference, ddof=1)) / negative.shape[1]
     )
+    return math.sqrt(max(variance, 0.0))
+
+
+def _clustered_difference_standard_error(
+    positive: FloatArray, negative: FloatArray, positive_units: IntArray, negative_units: IntArray
+) -> float:
+    """Obuchowski's (1997) variance of an AUC difference when cases come in clusters.
+
+    `positive` / `negative` are the per-image differences of the two models' placements;
+    each cluster sums its images' placements (X_k over its positives, Y_k over its
+    negatives), and var = S10/M + S01/N + 2 S11/(M N) with
+    S10 = I10 / ((I10 - 1) M) sum_k (X_k - m_k theta)^2 over clusters with positives,
+    S01 likewise over clusters with negatives, and
+    S11 = I / (I - 1) sum_k (X_k - m_k theta)(Y_k - n_k theta) over all clusters.
+    """
+    clusters = int(max(positive_units.max(), negative_units.max())) + 1
+    theta = float(positive.mean())
+    m, n = len(positive), len(negative)
+    x = np.bincount(positive_units, weights=positive, minlength=clusters)
+    y = np.bincount(negative_units, weights=negative, minlength=clusters)
+    m_k = np.bincount(positive_units, minlength=clusters)
+    n_k = np.bincount(negative_units, minlength=clusters)
+    x_dev, y_dev = x - m_k * theta, y - n_k * theta
+    with_positives, with_negatives = int((m_k > 0).sum()), int((n_k > 0).sum())
+    if min(with_positives, with_negatives) < 2:
+        raise ValueError(
+            "DeLong's test by lesion needs melanoma in at least 2 lesions and benign images in "
+            f"at least 2 lesions, got {with_positives} and {with_negatives}"
+        )
+    present = int(((m_k > 0) | (n_k > 0)).sum())
+    s10 = with_positives / ((with_positives - 1) * m) * float(np.sum(x_dev**2))
+    s01 = with_negatives / ((with_negatives - 1) * n) * float(np.sum(y_dev**2))
+    s11 = present / (present - 1) * float(np.sum(x_dev * y_dev))
+    variance = s10 / m + s01 / n + 2.0 * s11 / (m * n)
     return math.sqrt(max(variance, 0.0))
 
 

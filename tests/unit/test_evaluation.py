@@ -303,7 +303,11 @@ def test_champion_comparison_is_the_paired_statistics(report, cases, challenger,
 
     assert report.versus is not None
     assert report.versus.auc == delong_test(
-        labels, challenger.probabilities, champion.probabilities, 0.95
+        labels,
+        challenger.probabilities,
+        champion.probabilities,
+        0.95,
+        lesions=cases["lesion_id"].to_numpy(),
     )
     assert report.versus.f1 == paired_bootstrap_f1(
         labels,

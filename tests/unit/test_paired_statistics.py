@@ -559,3 +559,91 @@ def test_f1_is_zero_when_nothing_is_called_or_present():
 def test_bootstrap_refuses_bad_input(arguments, options, message):
     with pytest.raises(ValueError, match=message):
         paired_bootstrap_f1(*arguments, **options)
+
+
+# --------------------------------------------------------------------------------------
+# DeLong with lesions as clusters (Obuchowski 1997)
+# --------------------------------------------------------------------------------------
+
+
+def _brute_force_clustered_variance(
+    labels: np.ndarray, a: np.ndarray, b: np.ndarray, lesions: np.ndarray
+) -> float:
+    """Obuchowski's variance of AUC_a - AUC_b, term by term, from the kernel psi."""
+    truth = labels.astype(bool)
+    pos, neg = np.flatnonzero(truth), np.flatnonzero(~truth)
+
+    def psi(x: float, y: float) -> float:
+        return 1.0 if x > y else 0.5 if x == y else 0.0
+
+    v10 = {i: np.mean([psi(a[i], a[j]) - psi(b[i], b[j]) for j in neg]) for i in pos}
+    v01 = {j: np.mean([psi(a[i], a[j]) - psi(b[i], b[j]) for i in pos]) for j in neg}
+    theta = float(np.mean(list(v10.values())))
+    m, n = len(pos), len(neg)
+    clusters = sorted(set(lesions))
+    x = {k: sum(v10[i] for i in pos if lesions[i] == k) for k in clusters}
+    y = {k: sum(v01[j] for j in neg if lesions[j] == k) for k in clusters}
+    m_k = {k: sum(1 for i in pos if lesions[i] == k) for k in clusters}
+    n_k = {k: sum(1 for j in neg if lesions[j] == k) for k in clusters}
+    i10 = sum(1 for k in clusters if m_k[k] > 0)
+    i01 = sum(1 for k in clusters if n_k[k] > 0)
+    s10 = i10 / ((i10 - 1) * m) * sum((x[k] - m_k[k] * theta) ** 2 for k in clusters if m_k[k])
+    s01 = i01 / ((i01 - 1) * n) * sum((y[k] - n_k[k] * theta) ** 2 for k in clusters if n_k[k])
+    i = len(clusters)
+    s11 = i / (i - 1) * sum((x[k] - m_k[k] * theta) * (y[k] - n_k[k] * theta) for k in clusters)
+    return s10 / m + s01 / n + 2 * s11 / (m * n)
+
+
+def test_clustered_variance_equals_obuchowski_term_by_term():
+    """Clusters of mixed class too (a patient with several lesions), ties included."""
+    rng = np.random.default_rng(21)
+    labels = (rng.random(60) < 0.4).astype(int)
+    a, b = np.round(rng.normal(size=(2, 60)) + labels, 1)
+    lesions = rng.integers(0, 18, 60).astype(str)
+    result = delong_test(labels, a, b, lesions=lesions)
+    expected = _brute_force_clustered_variance(labels, a, b, lesions)
+    assert result.standard_error == pytest.approx(math.sqrt(expected), rel=1e-10)
+
+
+def test_one_image_per_lesion_gives_delongs_variance():
+    rng = np.random.default_rng(22)
+    labels = (np.arange(80) < 30).astype(int)
+    a, b = _binormal(rng, labels, shift=(1.2, 1.0), rho=0.6)
+    plain = delong_test(labels, a, b)
+    clustered = delong_test(labels, a, b, lesions=[f"L{i}" for i in range(80)])
+    assert clustered.standard_error == pytest.approx(plain.standard_error, rel=1e-12)
+    assert clustered.difference == plain.difference
+
+
+def _lesion_scores(
+    rng: np.random.Generator, lesions: int, within: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """1 to 4 images per lesion, equal true AUCs; an image's error shares `within` of its
+    variance with the other images of its lesion (same model)."""
+    sizes = rng.integers(1, 5, lesions)
+    ids = np.repeat(np.arange(lesions), sizes)
+    labels = np.repeat((rng.random(lesions) < 0.3).astype(int), sizes)
+    shared = rng.normal(size=(2, lesions))[:, ids]
+    own = rng.normal(size=(2, len(ids)))
+    errors = math.sqrt(within) * shared + math.sqrt(1 - within) * own
+    return labels, errors[0] + labels, errors[1] + labels, ids
+
+
+def test_clustering_keeps_the_false_positive_rate_nominal_with_correlated_images():
+    """Images of a lesion share most of their error: DeLong by image rejects a true null
+    too often; by lesion it stays near 5%."""
+    rng = np.random.default_rng(23)
+    by_image = by_lesion = 0
+    for _ in range(300):
+        labels, a, b, ids = _lesion_scores(rng, 120, within=0.8)
+        by_image += delong_test(labels, a, b).p_value < 0.05
+        by_lesion += delong_test(labels, a, b, lesions=ids).p_value < 0.05
+    assert 0.02 <= by_lesion / 300 <= 0.09
+    assert by_image > by_lesion
+
+
+def test_clustered_delong_needs_two_lesions_of_each_class():
+    labels = np.array([1, 1, 0, 0, 0])
+    with pytest.raises(ValueError, match="at least 2 lesions"):
+        delong_test(labels, [0.9, 0.8, 0.1, 0.2, 0.3], [0.7, 0.6, 0.2, 0.1, 0.4],
+                    lesions=["a", "a", "b", "c", "d"])  # fmt: skip
