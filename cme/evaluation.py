@@ -65,7 +65,7 @@ def evaluate_challenger(
     tags = run.data.tags
     manifest = snapshot_manifest(app, tags["snapshot_id"])
     cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    challenger = _scored(app, tags[MODEL_URI_TAG], None, manifest, cases, params)
+    challenger = _scored(app, tags[MODEL_URI_TAG], manifest, cases, params)
     champion = _scored_champion(app, champions, cases)
     settings = params.evaluate.settings(alpha=params.gate.alpha)
     report = evaluate_on_test_set(tags["snapshot_id"], cases, challenger, champion, settings)
@@ -82,40 +82,38 @@ def evaluate_challenger(
     return EvaluationOutcome(run.info.run_id, report, decision, registration)
 
 
-def score(model_uri: str, cases: pd.DataFrame, data_dir: Path) -> tuple[np.ndarray, Any]:
-    """Probabilities of melanoma for each case's image, from the logged pyfunc model, and
-    the model itself (for its configured threshold)."""
-    import mlflow
-
-    model = mlflow.pyfunc.load_model(model_uri)
+def score(model: Any, cases: pd.DataFrame, data_dir: Path) -> np.ndarray:
+    """Probabilities of melanoma for each case's image, from a loaded pyfunc model."""
     images = [(data_dir / str(path)).read_bytes() for path in cases["path"]]
     predictions = model.predict(pd.DataFrame({"image": images}))
-    return np.asarray(predictions["probability"], dtype=np.float64), model
+    return np.asarray(predictions["probability"], dtype=np.float64)
+
+
+def _loaded(model_uri: str) -> Any:
+    import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri)
 
 
 def _scored(
-    app: App,
-    model_uri: str,
-    version: str | None,
-    manifest: pd.DataFrame,
-    cases: pd.DataFrame,
-    params: Params,
+    app: App, model_uri: str, manifest: pd.DataFrame, cases: pd.DataFrame, params: Params
 ) -> ScoredModel:
     """The challenger at its operating threshold: its own, or the highest threshold that
     reaches the policy's target sensitivity on the validation split."""
     from pipelines.evaluation.evaluate import ScoredModel
     from pipelines.evaluation.metrics import threshold_for_sensitivity
 
-    probabilities, model = score(model_uri, cases, app.settings.data_dir)
+    model = _loaded(model_uri)
+    probabilities = score(model, cases, app.settings.data_dir)
     threshold = _configured_threshold(model)
     target = params.evaluate.target_sensitivity
     if target is not None:
         validation = manifest[manifest["split"] == "val"].reset_index(drop=True)
-        val_probabilities, _ = score(model_uri, validation, app.settings.data_dir)
+        val_probabilities = score(model, validation, app.settings.data_dir)
         threshold = threshold_for_sensitivity(
             validation["label"].to_numpy(), val_probabilities, target
         )
-    return ScoredModel(model_uri, version, threshold, probabilities)
+    return ScoredModel(model_uri, None, threshold, probabilities)
 
 
 def _scored_champion(
@@ -128,7 +126,8 @@ def _scored_champion(
     version = champions.models.aliased(CHAMPION)
     if version is None:
         return None
-    probabilities, model = score(version.uri, cases, app.settings.data_dir)
+    model = _loaded(version.uri)
+    probabilities = score(model, cases, app.settings.data_dir)
     threshold = float(version.tags.get("threshold", _configured_threshold(model)))
     return ScoredModel(version.uri, version.version, threshold, probabilities)
 
