@@ -10,12 +10,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.metrics import (
-    brier_score_loss,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+from sklearn.metrics import brier_score_loss, roc_auc_score
 
 BENIGN, MELANOMA = 0, 1
 
@@ -94,20 +89,20 @@ def binary_metrics(
         raise ValueError(f"{len(truth)} labels but {len(scores)} probabilities")
     if len(truth) == 0:
         raise ValueError("no images to compute metrics on")
-    calls = called_melanoma(scores, threshold)
-    confusion = _confusion(truth, calls)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        truth, calls, labels=[BENIGN, MELANOMA], zero_division=0
-    )
+    confusion = _confusion(truth, called_melanoma(scores, threshold))
+    tn, fp, fn, tp = (
+        confusion.true_negatives, confusion.false_positives,
+        confusion.false_negatives, confusion.true_positives,
+    )  # fmt: skip
     return BinaryMetrics(
         threshold=float(threshold),
         images=len(truth),
         melanoma=int(truth.sum()),
-        accuracy=(confusion.true_positives + confusion.true_negatives) / len(truth),
-        precision=float(precision[MELANOMA]),
-        sensitivity=float(recall[MELANOMA]),
-        specificity=float(recall[BENIGN]),
-        f1=float(f1[MELANOMA]),
+        accuracy=(tp + tn) / len(truth),
+        precision=_ratio(tp, tp + fp),
+        sensitivity=_ratio(tp, tp + fn),
+        specificity=_ratio(tn, tn + fp),
+        f1=_ratio(2 * tp, 2 * tp + fp + fn),
         roc_auc=float(roc_auc_score(truth, scores)) if both_classes_present(truth) else None,
         brier=float(brier_score_loss(truth, scores, labels=[BENIGN, MELANOMA])),
         confusion=confusion,
@@ -115,9 +110,20 @@ def binary_metrics(
 
 
 def _confusion(truth: npt.NDArray[np.int64], calls: npt.NDArray[np.int64]) -> ConfusionMatrix:
-    counts = confusion_matrix(truth, calls, labels=[BENIGN, MELANOMA]).ravel()
-    true_negatives, false_positives, false_negatives, true_positives = (int(n) for n in counts)
-    return ConfusionMatrix(true_negatives, false_positives, false_negatives, true_positives)
+    """Counted directly: the subgroup table asks for dozens per evaluation, and
+    scikit-learn's input checks cost more than the counting."""
+    melanoma, called = truth == MELANOMA, calls == MELANOMA
+    return ConfusionMatrix(
+        true_negatives=int(np.sum(~melanoma & ~called)),
+        false_positives=int(np.sum(~melanoma & called)),
+        false_negatives=int(np.sum(melanoma & ~called)),
+        true_positives=int(np.sum(melanoma & called)),
+    )
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    """numerator / denominator, 0.0 when undefined (scikit-learn's zero_division=0)."""
+    return numerator / denominator if denominator else 0.0
 
 
 def threshold_for_sensitivity(
