@@ -87,6 +87,7 @@ class ValidationParams(_Section):
     melanoma_share_min: float = Field(default=0.05, ge=0, le=1)
     melanoma_share_max: float = Field(default=0.6, ge=0, le=1)
     min_melanoma: int = Field(default=10, ge=0)
+    min_split_lesions: int = Field(default=2, ge=0)
     age_min: float = 0
     age_max: float = 120
     min_side: int = Field(default=32, gt=0)
@@ -200,6 +201,15 @@ class GateParams(_Section):
         )
 
 
+class RetrainParams(_Section):
+    min_new_labels: int = Field(default=30, ge=0)
+    lease_minutes: float = Field(default=10, gt=0)
+
+
+class InboxParams(_Section):
+    settle_seconds: float = Field(default=120, ge=0)
+
+
 class Params(_Section):
     intake: IntakeParams = IntakeParams()
     split: SplitParams = SplitParams()
@@ -210,6 +220,8 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
+    retrain: RetrainParams = RetrainParams()
+    inbox: InboxParams = InboxParams()
 
 
 def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:

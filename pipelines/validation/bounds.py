@@ -10,6 +10,7 @@ class ManifestBounds:
     melanoma_share_min: float = 0.05
     melanoma_share_max: float = 0.6
     min_melanoma: int = 10
+    min_split_lesions: int = 2
     age_min: float = 0
     age_max: float = 120
     min_side: int = 32

@@ -66,8 +66,8 @@ def validate(
 
 
 def _result_format(frame: pd.DataFrame, example_rows: int) -> dict[str, Any]:
-    """Offending rows are named by image (and lesion) when the manifest has those columns."""
-    names = [column for column in ("image_id", "lesion_id") if column in frame.columns]
+    """Offending rows are named by image (lesion, split) when the manifest has those columns."""
+    names = [column for column in ("image_id", "lesion_id", "split") if column in frame.columns]
     result_format: dict[str, Any] = {
         "result_format": "COMPLETE",
         "partial_unexpected_count": example_rows,

@@ -31,9 +31,10 @@ IMAGE_FACTS_SUITE = "image_facts"
 IMAGE_FORMATS = ("JPEG", "PNG")
 CHECK_COLUMNS = (
     "diagnoses_in_lesion", "splits_in_lesion", "split_as_locked", "label_matches_dx",
-    "image_file_present",
+    "image_file_present", "melanoma_lesions_in_split", "other_lesions_in_split",
 )  # fmt: skip
 _LESION_CHECKS = frozenset({"diagnoses_in_lesion", "splits_in_lesion", "split_as_locked"})
+_SPLIT_CHECKS = frozenset({"melanoma_lesions_in_split", "other_lesions_in_split"})
 NOT_NULL_COLUMNS = ("image_id", "lesion_id", "sha256", "path", "label", "split", "dx", "dx_type")
 
 
@@ -100,6 +101,10 @@ def _manifest_rules(
              min_value=bounds.melanoma_share_min, max_value=bounds.melanoma_share_max),
         rule("enough melanoma", "ExpectColumnSumToBeBetween", column="label",
              min_value=bounds.min_melanoma),
+        rule("melanoma lesions in every split", "ExpectColumnValuesToBeBetween",
+             column="melanoma_lesions_in_split", min_value=bounds.min_split_lesions),
+        rule("other lesions in every split", "ExpectColumnValuesToBeBetween",
+             column="other_lesions_in_split", min_value=bounds.min_split_lesions),
     ]  # fmt: skip
     return rules
 
@@ -139,11 +144,26 @@ def with_check_columns(
         frame["splits_in_lesion"] = frame.groupby("lesion_id")["split"].transform("nunique")
         locked = frame["lesion_id"].map(dict(locked_splits))
         frame["split_as_locked"] = locked.isna() | (locked == frame["split"])
+    if has({"lesion_id", "split", "dx"}):
+        frame = _with_lesions_per_split(frame)
     if has({"label", "dx"}):
         expected = (frame["dx"] == MELANOMA).astype("int64")
         frame["label_matches_dx"] = pd.to_numeric(frame["label"], errors="coerce") == expected
     if has({"path"}):
         frame["image_file_present"] = [_present(data_dir, path) for path in frame["path"]]
+    return frame
+
+
+def _with_lesions_per_split(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each row with the number of melanoma and other lesions in its split: a split without
+    both cannot pick an epoch (val) or compare models (test)."""
+    melanoma = frame["dx"] == MELANOMA
+    for column, rows in (
+        ("melanoma_lesions_in_split", melanoma),
+        ("other_lesions_in_split", ~melanoma),
+    ):
+        counts = frame[rows].groupby("split")["lesion_id"].nunique()
+        frame[column] = frame["split"].map(counts).fillna(0).astype("int64")
     return frame
 
 
@@ -208,6 +228,8 @@ def _examples(rule: Expectation, result: Mapping[str, Any], limit: int) -> tuple
     for row in rows[:limit]:
         image_id = row.get("image_id", "?")
         lesion = f" (lesion {row['lesion_id']})" if rule.column in _LESION_CHECKS else ""
+        if rule.column in _SPLIT_CHECKS:
+            lesion = f" (split {row.get('split')})"
         value = row.get(rule.column) if rule.column else None
         examples.append(f"image_id {image_id}{lesion}: {rule.column} = {_readable(value)}")
     return tuple(examples)

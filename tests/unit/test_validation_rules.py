@@ -27,7 +27,8 @@ BOUNDS = ManifestBounds(min_melanoma=5, melanoma_share_min=0.1, melanoma_share_m
 
 
 def sound_manifest() -> pd.DataFrame:
-    """40 images of 20 lesions (two views each), a quarter of the lesions melanoma."""
+    """48 images of 24 lesions (two views each), a quarter of the lesions melanoma; each
+    split holds 8 lesions, 2 of them melanoma."""
     entries = [
         ManifestEntry(
             image_id=f"IMG_{i:03d}",
@@ -47,9 +48,10 @@ def sound_manifest() -> pd.DataFrame:
             brightness_mean=120.0 + i,
             brightness_std=25.0,
         )
-        for i in range(40)
+        for i in range(48)
     ]
-    return build_manifest(entries, {}, SplitFractions())
+    splits = {f"LES_{n:03d}": ("train", "val", "test")[(n // 4) % 3] for n in range(24)}
+    return build_manifest(entries, splits, SplitFractions())
 
 
 def first_lesion_in(manifest: pd.DataFrame, split: str) -> str:
@@ -93,6 +95,18 @@ def too_few_melanoma(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def split_without_class(dx: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The test split's lesions of one class relabelled as the other class."""
+
+    def mutate(frame: pd.DataFrame) -> pd.DataFrame:
+        melanoma = dx == "mel"
+        rows = (frame["split"] == "test") & ((frame["dx"] == "mel") == melanoma)
+        frame.loc[rows, ["dx", "label"]] = ["nv", 0] if melanoma else ["mel", 1]
+        return frame
+
+    return mutate
+
+
 def all_melanoma(frame: pd.DataFrame) -> pd.DataFrame:
     frame["dx"], frame["label"] = "mel", 1
     return frame
@@ -124,6 +138,8 @@ BREAKS: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "locked splits kept": lambda frame: frame,  # broken through the locked splits instead
     "melanoma share within bounds": all_melanoma,
     "enough melanoma": too_few_melanoma,
+    "melanoma lesions in every split": split_without_class("mel"),
+    "other lesions in every split": split_without_class("nv"),
     "decodable JPEG or PNG": set_value("image_format", "GIF"),
     "colour mode": set_value("mode", "L"),
     "width within bounds": set_value("width", 16),
@@ -138,7 +154,12 @@ ALSO_FAILS: dict[str, set[str]] = {
     "image_id present": {"image_id unique"},
     "sha256 present": {"sha256 unique", "sha256 well formed"},
     "lesion_id present": {"one diagnosis per lesion", "no lesion in two splits"},
-    "split present": {"split is train, val or test", "no lesion in two splits"},
+    "split present": {
+        "split is train, val or test",
+        "no lesion in two splits",
+        "melanoma lesions in every split",
+        "other lesions in every split",
+    },
     "label present": {"label agrees with dx", "label is 0 or 1"},
     "dx present": {"dx in vocabulary", "label agrees with dx"},
     "dx in vocabulary": {"one diagnosis per lesion"},
@@ -146,8 +167,10 @@ ALSO_FAILS: dict[str, set[str]] = {
     "label agrees with dx": {"melanoma share within bounds", "enough melanoma"},
     "image_id unique": set(),
     "one diagnosis per lesion": set(),
-    "melanoma share within bounds": {"one diagnosis per lesion"},
-    "enough melanoma": set(),
+    "melanoma share within bounds": {"one diagnosis per lesion", "other lesions in every split"},
+    "enough melanoma": {"melanoma lesions in every split", "melanoma share within bounds"},
+    "melanoma lesions in every split": {"enough melanoma", "melanoma share within bounds"},
+    "other lesions in every split": {"melanoma share within bounds"},
     "path present": {"image file in the store"},
 }
 
