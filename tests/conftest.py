@@ -18,6 +18,7 @@ from pipelines.sample_data import SampleSpec, write_sample_data
 from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelRepository
 from registry.labels.domain import METADATA_COLUMNS
 from tests.mlflow_server import mlflow_server  # noqa: F401 (a session fixture for every test)
+from tests.prefect_support import platform, prefect_harness  # noqa: F401 (flow test fixtures)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CME_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -62,7 +63,7 @@ def _empty_postgres(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         tables = "audit_events, lesion_splits, snapshots, label_events, images, lesions, "
-        tables += "quarantine"
+        tables += "quarantine, run_leases"
         connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     engine.dispose()
 

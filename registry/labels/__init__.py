@@ -16,6 +16,7 @@ from registry.labels.domain import (
     LabelledImage,
     QuarantinedRow,
     RegistryStats,
+    RunLease,
     SnapshotRecord,
 )
 from registry.labels.errors import (
@@ -30,6 +31,7 @@ from registry.labels.errors import (
 )
 from registry.labels.image_store import ImageStore
 from registry.labels.intake import MetadataFileError
+from registry.labels.leases import LeaseHeld, exclusive
 from registry.labels.repository import LabelRepository
 from registry.labels.service import LabelRegistry
 
@@ -52,14 +54,17 @@ __all__ = [
     "LabelRegistryError",
     "LabelRepository",
     "LabelledImage",
+    "LeaseHeld",
     "LesionConflict",
     "MetadataFileError",
     "QuarantinedRow",
     "RegistryStats",
     "RegistryUnavailable",
     "RejectedSubmission",
+    "RunLease",
     "SchemaOutOfDate",
     "SnapshotRecord",
     "UnknownImage",
     "UnknownSnapshot",
+    "exclusive",
 ]

@@ -137,6 +137,12 @@ class ImportSummary:
     def exit_code(self) -> int:
         return 1 if self.quarantined else 0
 
+    def counts_line(self) -> str:
+        return (
+            f"{self.rows} rows: {self.registered} registered, "
+            f"{self.unchanged} unchanged, {self.quarantined} quarantined"
+        )
+
 
 @dataclass(frozen=True)
 class RegistryStats:
@@ -191,3 +197,18 @@ class AuditEvent:
     evidence: dict[str, Any] = field(default_factory=dict)
     champion_after: str | None = None
     event_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RunLease:
+    """A named claim (e.g. the weekly retrain) held by one holder until `expires_at`,
+    unless renewed; a lease past `expires_at` is free for anyone to take."""
+
+    name: str
+    holder: str
+    acquired_at: datetime
+    renewed_at: datetime
+    expires_at: datetime
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at <= now

@@ -7,10 +7,22 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, create_engine, event, func, insert, select, text
+from sqlalchemy import (
+    Engine,
+    Select,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, StatementError
@@ -24,6 +36,7 @@ from registry.labels.domain import (
     LabelledImage,
     QuarantinedRow,
     RegistryStats,
+    RunLease,
     SnapshotRecord,
 )
 from registry.labels.errors import (
@@ -39,11 +52,14 @@ from registry.labels.orm import (
     LesionRow,
     LesionSplitRow,
     QuarantineRow,
+    RunLeaseRow,
     SnapshotRow,
 )
 
 _CHUNK = 500  # ids per IN (...) clause, well under every backend's parameter limit
 _WRITE_LOCK = 0x636D_656C  # PostgreSQL advisory lock that serializes label writes ("cmel")
+_LEASE_NAME_MAX = 64  # run_leases.name
+_LEASE_HOLDER_MAX = 256  # run_leases.holder
 
 
 @dataclass(frozen=True)
@@ -250,7 +266,60 @@ class LabelRepository:
         with self._reading() as connection:
             return [_audit_event(row) for row in connection.execute(query)]
 
+    def lease(self, name: str) -> RunLease | None:
+        """The run lease of that name as recorded, expired or not; None when nobody holds it."""
+        query = select(RunLeaseRow).where(RunLeaseRow.name == name)
+        with self._reading() as connection:
+            row = connection.execute(query).first()
+            return _run_lease(row) if row is not None else None
+
     # -- writing -------------------------------------------------------------------------
+
+    def acquire_lease(
+        self, name: str, holder: str, ttl: timedelta, now: datetime
+    ) -> RunLease | None:
+        """Take the named lease until `now + ttl` when it is free, lapsed (a crashed holder)
+        or already `holder`'s (then it is renewed); None while another holder's claim runs."""
+        _check_lease(name, holder, ttl, now)
+        with self._writing() as connection:
+            row = connection.execute(select(RunLeaseRow).where(RunLeaseRow.name == name)).first()
+            if row is None:
+                lease = RunLease(name, holder, now, now, now + ttl)
+                connection.execute(insert(RunLeaseRow).values(_run_lease_values(lease)))
+                return _in_utc(lease)
+            current = _run_lease(row)
+            if current.holder != holder and not current.is_expired(now):
+                return None
+            acquired_at = current.acquired_at if current.holder == holder else now
+            lease = RunLease(name, holder, acquired_at, now, now + ttl)
+            connection.execute(
+                update(RunLeaseRow).where(RunLeaseRow.name == name).values(_run_lease_values(lease))
+            )
+            return _in_utc(lease)
+
+    def renew_lease(self, name: str, holder: str, ttl: timedelta, now: datetime) -> RunLease | None:
+        """Extend `holder`'s lease to `now + ttl`, even a lapsed one nobody took; None when
+        `holder` no longer holds it."""
+        _check_lease(name, holder, ttl, now)
+        with self._writing() as connection:
+            row = connection.execute(select(RunLeaseRow).where(RunLeaseRow.name == name)).first()
+            if row is None or row.holder != holder:
+                return None
+            lease = replace(_run_lease(row), renewed_at=now, expires_at=now + ttl)
+            connection.execute(
+                update(RunLeaseRow)
+                .where(RunLeaseRow.name == name)
+                .values(renewed_at=lease.renewed_at, expires_at=lease.expires_at)
+            )
+            return _in_utc(lease)
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up if `holder` holds it; False when it held nothing to give up."""
+        with self._writing() as connection:
+            released = connection.execute(
+                delete(RunLeaseRow).where(RunLeaseRow.name == name, RunLeaseRow.holder == holder)
+            )
+            return bool(released.rowcount)
 
     def record_audit_event(self, event: AuditEvent) -> AuditEvent:
         """Append one event to the audit trail; returns it with its id."""
@@ -636,3 +705,38 @@ def _rejection_values(rejection: Rejection, now: datetime) -> dict[str, Any]:
         "steward": rejection.steward,
         "quarantined_at": now,
     }
+
+
+def _check_lease(name: str, holder: str, ttl: timedelta, now: datetime) -> None:
+    if not 0 < len(name) <= _LEASE_NAME_MAX:
+        raise LabelRegistryError(f"a lease name has 1 to {_LEASE_NAME_MAX} characters: {name!r}")
+    if not 0 < len(holder) <= _LEASE_HOLDER_MAX:
+        raise LabelRegistryError(f"a lease holder has 1 to {_LEASE_HOLDER_MAX} characters")
+    if ttl <= timedelta(0):
+        raise LabelRegistryError(f"a lease lasts a positive time, not {ttl}")
+    if now.tzinfo is None:
+        raise LabelRegistryError("naive datetime given to the label registry; use UTC")
+
+
+def _run_lease(row: Row[Any]) -> RunLease:
+    return RunLease(
+        name=row.name,
+        holder=row.holder,
+        acquired_at=row.acquired_at,
+        renewed_at=row.renewed_at,
+        expires_at=row.expires_at,
+    )
+
+
+def _run_lease_values(lease: RunLease) -> dict[str, Any]:
+    return {name: getattr(lease, name) for name in RunLease.__dataclass_fields__}
+
+
+def _in_utc(lease: RunLease) -> RunLease:
+    """As the database gives it back: every moment in UTC."""
+    return replace(
+        lease,
+        acquired_at=lease.acquired_at.astimezone(UTC),
+        renewed_at=lease.renewed_at.astimezone(UTC),
+        expires_at=lease.expires_at.astimezone(UTC),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -11,6 +12,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+ALEMBIC_LOCK = threading.RLock()
+"""Alembic keeps its running migration in module globals: two threads migrating at once,
+ours or MLflow's (which migrates a fresh SQLite store), corrupt each other. Every migration
+in this process holds this lock."""
 
 
 def _config(engine: Engine | None = None) -> Config:
@@ -33,13 +38,13 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = _config(engine)
-    with engine.begin() as connection:
+    with ALEMBIC_LOCK, engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     config = _config(engine)
-    with engine.begin() as connection:
+    with ALEMBIC_LOCK, engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
