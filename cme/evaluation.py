@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 EVALUATION_ARTIFACTS = "evaluation"
 MODEL_URI_TAG = "model_uri"
+RETRAIN_TAG = "retrain_id"  # the weekly retrain (flow run) a training run belongs to
 LINEAGE_TAGS = ("snapshot_id", "dvc_hash", "git_commit", "manifest_sha256", "labels_as_of")
 
 
@@ -44,6 +45,22 @@ def lifecycle(app: App) -> ChampionLifecycle:
     return ChampionLifecycle(models, app.label_registry().repository)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A training run's challenger and the serving champion, scored on the same locked test
+    set, with the report the gate reads."""
+
+    run: Any
+    cases: pd.DataFrame
+    challenger: ScoredModel
+    champion: ScoredModel | None
+    report: EvaluationReport
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run.info.run_id)
+
+
 def evaluate_challenger(
     app: App,
     params: Params,
@@ -54,14 +71,22 @@ def evaluate_challenger(
 ) -> EvaluationOutcome:
     """Evaluate the training run `run_id` (default: the latest finished one) against the
     champion, decide, log the evidence and register the challenger."""
-    import mlflow
+    evaluation = evaluate(app, params, run_id=run_id)
+    decision = judge(evaluation, params)
+    registration = register(app, params, evaluation, decision, actor=actor, flow_run_id=flow_run_id)
+    return EvaluationOutcome(evaluation.run_id, evaluation.report, decision, registration)
 
-    from pipelines.evaluation.artifacts import write_evaluation_artifacts
+
+def evaluate(
+    app: App, params: Params, *, run_id: str | None = None, retrain_id: str | None = None
+) -> Evaluation:
+    """Score the challenger of training run `run_id` (default: the latest finished one, of
+    the weekly retrain `retrain_id` when given) and the champion on the challenger's locked
+    test set."""
     from pipelines.evaluation.evaluate import evaluate_on_test_set
-    from pipelines.gate import decide
 
     champions = lifecycle(app)
-    run = _training_run(run_id, app.settings.experiment)
+    run = _training_run(run_id, app.settings.experiment, retrain_id)
     tags = run.data.tags
     manifest = snapshot_manifest(app, tags["snapshot_id"])
     cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
@@ -69,17 +94,48 @@ def evaluate_challenger(
     champion = _scored_champion(app, champions, cases)
     settings = params.evaluate.settings(alpha=params.gate.alpha)
     report = evaluate_on_test_set(tags["snapshot_id"], cases, challenger, champion, settings)
-    decision = decide(report.challenger, report.versus, params.gate.policy())
-    with mlflow.start_run(run_id=run.info.run_id), tempfile.TemporaryDirectory() as folder:
+    return Evaluation(run, cases, challenger, champion, report)
+
+
+def judge(evaluation: Evaluation, params: Params) -> Decision:
+    """The gate's decision on the pair, by the policy in params."""
+    from pipelines.gate import decide
+
+    return decide(evaluation.report.challenger, evaluation.report.versus, params.gate.policy())
+
+
+def register(
+    app: App,
+    params: Params,
+    evaluation: Evaluation,
+    decision: Decision,
+    *,
+    actor: str | None = None,
+    flow_run_id: str | None = None,
+) -> Outcome:
+    """Log the evidence to the challenger's run and register it as a model version (promoted
+    at once only when it passed and the policy asks no approval)."""
+    import mlflow
+
+    from pipelines.evaluation.artifacts import write_evaluation_artifacts
+
+    champions = lifecycle(app)
+    report, run = evaluation.report, evaluation.run
+    with mlflow.start_run(run_id=evaluation.run_id), tempfile.TemporaryDirectory() as folder:
         write_evaluation_artifacts(
-            report, cases, challenger, champion, Path(folder), decision.lines()
+            report,
+            evaluation.cases,
+            evaluation.challenger,
+            evaluation.champion,
+            Path(folder),
+            decision.lines(),
         )
         mlflow.log_artifacts(folder, EVALUATION_ARTIFACTS)
         mlflow.log_metrics(report.headline())
         mlflow.set_tags({"gate_decision": decision.verdict, "stage": "train+evaluate"})
-    record = _gate_record(run, report, decision, params, flow_run_id, challenger.threshold)
-    registration = champions.register_challenger(record, actor or app.steward(None))
-    return EvaluationOutcome(run.info.run_id, report, decision, registration)
+    threshold = evaluation.challenger.threshold
+    record = _gate_record(run, report, decision, params, flow_run_id, threshold)
+    return champions.register_challenger(record, actor or app.steward(None))
 
 
 def score(model: Any, cases: pd.DataFrame, data_dir: Path) -> np.ndarray:
@@ -137,7 +193,7 @@ def _configured_threshold(model: Any) -> float:
     return float(config.get("threshold", 0.5))
 
 
-def _training_run(run_id: str | None, experiment: str) -> Any:
+def _training_run(run_id: str | None, experiment: str, retrain_id: str | None = None) -> Any:
     import mlflow
 
     if run_id is not None:
@@ -145,16 +201,21 @@ def _training_run(run_id: str | None, experiment: str) -> Any:
         if MODEL_URI_TAG not in run.data.tags:
             raise NothingToEvaluate(f"run {run_id} logged no model to evaluate")
         return run
+    wanted = f"attributes.status = 'FINISHED' and tags.{MODEL_URI_TAG} != ''"
+    if retrain_id is not None:
+        wanted += f" and tags.{RETRAIN_TAG} = '{retrain_id}'"
     runs = mlflow.search_runs(
         experiment_names=[experiment],
-        filter_string=f"attributes.status = 'FINISHED' and tags.{MODEL_URI_TAG} != ''",
+        filter_string=wanted,
         order_by=["attributes.start_time DESC"],
         max_results=1,
         output_format="list",
     )
     if not runs:
+        of_retrain = f" for retrain {retrain_id}" if retrain_id else ""
         raise NothingToEvaluate(
-            f"no finished training run in experiment {experiment!r}: run `cme train` first"
+            f"no finished training run{of_retrain} in experiment {experiment!r}: "
+            "run `cme train` first"
         )
     return runs[0]
 

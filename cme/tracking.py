@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from cme.settings import Settings
+from registry.labels.schema import ALEMBIC_LOCK
 
 
 class TrackingUnavailable(RuntimeError):
@@ -28,11 +29,12 @@ def use_tracking(settings: Settings) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
-        experiment = mlflow.get_experiment_by_name(settings.experiment)
-        if experiment is not None:
-            experiment_id = str(experiment.experiment_id)
-        else:
-            experiment_id = _create_experiment(settings)
+        with ALEMBIC_LOCK:  # MLflow migrates a fresh SQLite store on first use
+            experiment = mlflow.get_experiment_by_name(settings.experiment)
+            if experiment is not None:
+                experiment_id = str(experiment.experiment_id)
+            else:
+                experiment_id = _create_experiment(settings)
         mlflow.set_experiment(experiment_id=experiment_id)
     except MlflowException as error:
         raise TrackingUnavailable(f"MLflow at {uri}: {error.message}") from None

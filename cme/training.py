@@ -4,6 +4,7 @@ its lineage (snapshot id, DVC hash, git commit)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,10 +33,16 @@ class TrainingOutcome:
 
 
 def train(
-    app: App, params: Params, *, snapshot_id: str | None = None, on_epoch: OnEpoch | None = None
+    app: App,
+    params: Params,
+    *,
+    snapshot_id: str | None = None,
+    on_epoch: OnEpoch | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> TrainingOutcome:
     """Train on `snapshot_id` (default: the latest snapshot) and log the run, its curves
-    and the model to the `melanoma-retrain` experiment."""
+    and the model to the `melanoma-retrain` experiment; `tags` are added to the run (the
+    weekly retrain names itself there, to find the run a GPU worker trained)."""
     import mlflow
 
     from pipelines.training import tracking
@@ -54,7 +61,9 @@ def train(
         labels_as_of=snapshot.labels_as_of.isoformat() if snapshot.labels_as_of else "",
     )
     with mlflow.start_run(run_name=f"challenger {snapshot.snapshot_id}") as run:
-        mlflow.set_tags({**lineage.tags(), "git_dirty": str(dirty).lower(), "stage": "train"})
+        mlflow.set_tags(
+            {**lineage.tags(), **(tags or {}), "git_dirty": str(dirty).lower(), "stage": "train"}
+        )
         tracking.log_run_inputs(config.as_params(), _data_params(manifest))
         work_dir = app.settings.work_dir / run.info.run_id
         try:

@@ -95,27 +95,42 @@ class ChampionLifecycle:
 
     def register_challenger(self, record: GateRecord, actor: str) -> Outcome:
         """A new version with alias `challenger`, its decision in the audit trail; promoted
-        at once when it passed and the policy asks no approval."""
+        at once when it passed and the policy asks no approval.
+
+        Safe to run again for the same training run (a retry after a lost connection): the
+        version registered before is completed, never registered twice."""
         self.guard(GUARD)
-        champion = self.expected_champion()
-        approval = PENDING if record.needs_approval else NOT_REQUIRED
-        tags = {
-            **record.tags,
-            DECISION: "promote" if record.promote else "reject",
-            APPROVAL: approval,
-            "champion_at_decision": champion or "none",
-        }
-        version = self.models.register(record.model_uri, record.run_id, tags)
-        evidence = {**record.evidence, "champion_at_decision": champion, "tags": tags}
-        event = self._record(
-            "decision", actor, version.version, f"{tags[DECISION]}: {record.summary}", evidence
-        )
+        version = self._version_of_run(record.run_id) or self._new_version(record)
+        event = self._decision_if_recorded(version.version) or self._record(
+            "decision",
+            actor,
+            version.version,
+            f"{version.decision}: {record.summary}",
+            {**record.evidence, "champion_at_decision": self.expected_champion(),
+             "tags": version.tags},
+        )  # fmt: skip
         self.models.set_alias(CHALLENGER, version.version)
         if record.promote and not record.needs_approval:
             return self.promote(version.version, actor)
         verdict = "awaiting approval" if record.promote else "rejected by the gate"
         return Outcome(f"version {version.version} registered as challenger: {verdict}",
                        version.version, event)  # fmt: skip
+
+    def _new_version(self, record: GateRecord) -> ModelVersion:
+        tags = {
+            **record.tags,
+            DECISION: "promote" if record.promote else "reject",
+            APPROVAL: PENDING if record.needs_approval else NOT_REQUIRED,
+            "champion_at_decision": self.expected_champion() or "none",
+        }
+        return self.models.register(record.model_uri, record.run_id, tags)
+
+    def _version_of_run(self, run_id: str) -> ModelVersion | None:
+        return next((v for v in self.models.versions() if v.run_id == run_id), None)
+
+    def _decision_if_recorded(self, version: str) -> AuditEvent | None:
+        events = self.trail.audit_events(self.model_name)
+        return next((e for e in events if e.action == "decision" and e.version == version), None)
 
     # -- reviewers -------------------------------------------------------------------------
 
@@ -342,9 +357,9 @@ class ChampionLifecycle:
         return decision
 
     def _decision_event(self, version: str) -> AuditEvent:
-        for event in reversed(self.trail.audit_events(self.model_name)):
-            if event.action == "decision" and event.version == version:
-                return event
+        event = self._decision_if_recorded(version)
+        if event is not None:
+            return event
         raise PromotionRefused(
             f"version {version} of {self.model_name} has no gate decision in the audit trail: "
             "only versions registered by `cme evaluate` can serve"

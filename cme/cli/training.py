@@ -13,8 +13,6 @@ from cme.cli.common import OVERRIDES, opened_app
 if TYPE_CHECKING:
     from pipelines.training.fit import EpochRecord
 
-SHOWN_METRICS = ("loss", "auc", "val_loss", "val_auc", "val_recall")
-
 
 def train(
     snapshot: str | None = typer.Option(
@@ -54,7 +52,4 @@ def train(
 
 
 def _print_epoch(record: EpochRecord) -> None:
-    shown = "  ".join(
-        f"{key} {record.metrics[key]:.4f}" for key in SHOWN_METRICS if key in record.metrics
-    )
-    typer.echo(f"epoch {record.epoch:>3} {record.phase:<9} {shown}  ({record.seconds:.1f} s)")
+    typer.echo(record.line())

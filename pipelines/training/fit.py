@@ -41,6 +41,9 @@ BEST_WEIGHTS_FILE = "best.weights.h5"
 MONITOR = "val_auc"
 
 
+SHOWN_METRICS = ("loss", "auc", "val_loss", "val_auc", "val_recall")
+
+
 @dataclass(frozen=True)
 class EpochRecord:
     epoch: int  # counted across both phases, from 1
@@ -48,6 +51,11 @@ class EpochRecord:
     metrics: dict[str, float]
     seconds: float
     images: int  # training images seen (oversampled copies included)
+
+    def line(self, shown: tuple[str, ...] = SHOWN_METRICS) -> str:
+        """One line of progress, e.g. for a terminal or a flow run's log."""
+        values = "  ".join(f"{key} {self.metrics[key]:.4f}" for key in shown if key in self.metrics)
+        return f"epoch {self.epoch:>3} {self.phase:<9} {values}  ({self.seconds:.1f} s)"
 
 
 @dataclass(frozen=True)
