@@ -51,6 +51,21 @@ class Settings(BaseSettings):
         default="melanoma-resnet50", description="Registered model name in MLflow."
     )
 
+    inbox: Path | None = Field(
+        default=None,
+        description="Where stewards drop lab exports (a folder each: metadata.csv + images/); "
+        "default $CME_HOME/inbox, with processed/ and failed/ beside the new ones.",
+    )
+    schedule_timezone: str = Field(
+        default="UTC",
+        description="Time zone of the deployments' schedules (weekly retrain Monday 02:00), "
+        "e.g. Europe/Berlin.",
+    )
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.inbox if self.inbox is not None else self.home / "inbox"
+
     @property
     def label_database_url(self) -> str:
         if self.database_url:

@@ -11,6 +11,17 @@ from pipelines.dataset.manifest import MELANOMA
 from pipelines.dataset.split import SplitFractions, assign_lesion_splits
 from pipelines.sample_data import SampleSpec, write_sample_data
 
+TINY_TRAINING = {
+    "image_size": 32, "batch_size": 16, "weights": "none", "unfreeze_from": "all",
+    "head_epochs": 0, "epochs": 2, "learning_rate": 0.001, "patience": 2,
+}  # fmt: skip
+# A tiny model from scratch cannot meet the real floors; the rules are tested in test_gate.
+LENIENT_GATE = {
+    "sensitivity_floor": 0.0, "first_model_roc_auc": 0.0, "first_model_f1": 0.0,
+    "roc_auc": "point", "f1": "point", "max_subgroup_drop": 1.0,
+}  # fmt: skip
+QUICK_EVALUATION = {"bootstrap_iterations": 200, "min_subgroup_images": 5}
+
 
 def sample_manifest(folder: Path, n: int, seed: int = 11, image_size: int = 64) -> pd.DataFrame:
     """Write `n` generated images under `folder/images/` and return a manifest whose paths

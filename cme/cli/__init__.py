@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cme.cli import data, dataset, db, labels, models, training
+from cme.cli import data, dataset, db, flows, labels, models, training
 from cme.cli.common import fail, run_app_command
 
 app = typer.Typer(
@@ -30,6 +30,11 @@ app.command("reject")(models.reject)
 app.command("rollback")(models.rollback)
 app.command("status")(models.status)
 app.command("audit")(models.audit)
+app.command("retrain")(flows.retrain)
+app.command("inbox")(flows.inbox)
+app.command("deploy")(flows.deploy)
+app.command("demo")(flows.demo)
+app.command("backtest")(flows.backtest)
 app.command("sample-data")(data.sample_data)
 app.command("params")(data.show_params)
 

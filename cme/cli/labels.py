@@ -55,10 +55,7 @@ def import_metadata(
         summary = registry.import_metadata(
             metadata, images, steward=cme.steward(steward), batch_size=intake.batch_size
         )
-    typer.echo(
-        f"{summary.source}: {summary.rows} rows: {summary.registered} registered, "
-        f"{summary.unchanged} unchanged, {summary.quarantined} quarantined"
-    )
+    typer.echo(f"{summary.source}: {summary.counts_line()}")
     for reason_kind, count in sorted(summary.reasons.items(), key=lambda item: -item[1]):
         typer.echo(f"  {count:6d}  {reason_kind}")
     for rejection in summary.rejections[:10]:

@@ -16,16 +16,9 @@ from PIL import Image
 
 from pipelines.evaluation.report import EvaluationReport
 from tests.integration.test_dataset_pipeline import ROOT, run
-from tests.integration.test_training_run import TINY_TRAINING
+from tests.training_support import LENIENT_GATE, QUICK_EVALUATION, TINY_TRAINING
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-# A tiny model from scratch cannot meet the real floors; the rules are tested in test_gate.
-LENIENT_GATE = {
-    "sensitivity_floor": 0.0, "first_model_roc_auc": 0.0, "first_model_f1": 0.0,
-    "roc_auc": "point", "f1": "point", "max_subgroup_drop": 1.0,
-}  # fmt: skip
-QUICK_EVALUATION = {"bootstrap_iterations": 200, "min_subgroup_images": 5}
 
 
 @pytest.fixture(scope="module")

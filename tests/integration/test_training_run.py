@@ -23,13 +23,9 @@ import pipelines.training.model  # noqa: F401 (registers the layer the .keras fi
 from pipelines.dataset.tfdata import evaluation_batches, labelled_files
 from pipelines.training.pyfunc import InvalidImage
 from tests.integration.test_dataset_pipeline import ROOT, run
+from tests.training_support import TINY_TRAINING
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-TINY_TRAINING = {
-    "image_size": 32, "batch_size": 16, "weights": "none", "unfreeze_from": "all",
-    "head_epochs": 0, "epochs": 2, "learning_rate": 0.001, "patience": 2,
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

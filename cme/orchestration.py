@@ -1,0 +1,82 @@
+"""Prefect as the platform uses it: its temporary local server by default (no server to
+start), or the server at PREFECT_API_URL; and the deployments of prefect.yaml."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from cme.settings import Settings
+
+WORK_POOLS = ("cpu", "gpu")
+PREFECT_FILE = "prefect.yaml"
+
+
+class DeployFailed(RuntimeError):
+    """`prefect deploy` refused the deployments; the message carries its output."""
+
+
+def use_prefect(settings: Settings) -> None:
+    """Call before importing prefect: without a server (PREFECT_API_URL), Prefect starts a
+    temporary local one whose database lives under $CME_HOME/prefect, so that
+    `prefect server start` with the same PREFECT_HOME later shows every run."""
+    for name, value in prefect_environment(settings).items():
+        os.environ.setdefault(name, value)
+
+
+def prefect_environment(settings: Settings) -> dict[str, str]:
+    return {
+        "PREFECT_HOME": str((settings.home / "prefect").resolve()),
+        # The temporary server migrates its database on first start: slow on two cores.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def ensure_work_pools(pools: tuple[str, ...] = WORK_POOLS) -> list[str]:
+    """Create the `process` work pools the deployments name, when missing; returns those
+    created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    created: list[str] = []
+    with get_client(sync_client=True) as client:
+        for name in pools:
+            try:
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            except ObjectAlreadyExists:
+                continue
+            created.append(name)
+    return created
+
+
+def deploy(settings: Settings, prefect_file: Path) -> str:
+    """Apply every deployment of `prefect_file` with `prefect deploy --all`; the schedules
+    take the time zone setting and the workers run the code in the project folder."""
+    environment = {**os.environ, **deployment_environment(settings)}
+    command = [
+        sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+        "--prefect-file", str(prefect_file),
+    ]  # fmt: skip
+    done = subprocess.run(
+        command,
+        cwd=settings.project_dir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise DeployFailed(f"prefect deploy failed:\n{done.stdout}\n{done.stderr}".strip())
+    return done.stdout
+
+
+def deployment_environment(settings: Settings) -> Mapping[str, str]:
+    return {
+        "CME_SCHEDULE_TIMEZONE": settings.schedule_timezone,
+        "CME_PROJECT_DIR": os.environ.get("CME_PROJECT_DIR", str(settings.project_dir.resolve())),
+    }

@@ -1,0 +1,73 @@
+"""What every flow shares: the app a flow run works on, and how a step is retried."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.states import Completed
+from prefect.tasks import exponential_backoff
+
+from cme.bootstrap import App, bootstrap
+from cme.params import Params
+from cme.tracking import TrackingUnavailable
+from registry.labels import ConcurrentChange, RegistryUnavailable
+from registry.models import ModelRegistryUnavailable
+
+R = TypeVar("R")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RegistryUnavailable,  # the label registry's database
+    ConcurrentChange,  # a concurrent writer got there first: decide again
+    TrackingUnavailable,  # the MLflow tracking server
+    ModelRegistryUnavailable,  # the MLflow model registry
+    ConnectionError,
+    TimeoutError,
+)
+RETRIES = 3
+BACKOFF_SECONDS = 10  # 10, 20, 40 s, with jitter
+
+
+def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
+    """Retry a failed step only when its error may pass by itself (a database or MLflow
+    connection); a data or model error would fail the same way again."""
+    try:
+        state.result()
+    except TRANSIENT_ERRORS:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+def step(name: str, *, retries: int = RETRIES) -> Callable[[Callable[..., R]], Task[..., R]]:
+    """A task around one domain call: retried with backoff on transient errors, never
+    cached (each run works on what the registries hold now)."""
+    return task(
+        name=name,
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=BACKOFF_SECONDS),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=is_transient,
+        cache_policy=NO_CACHE,
+    )
+
+
+@contextmanager
+def opened(overrides: list[str] | None) -> Iterator[tuple[App, Params]]:
+    """The platform as configured by the environment (CME_*), with params.yaml and any
+    `key=value` overrides; closed when the flow run ends."""
+    app = bootstrap()
+    try:
+        yield app, app.params(overrides or [])
+    finally:
+        app.close()
+
+
+def skipped(result: Any, message: str) -> State[Any]:
+    """A run that ended early on purpose: completed, named Skipped in the Prefect UI."""
+    return Completed(name="Skipped", message=message, data=result)

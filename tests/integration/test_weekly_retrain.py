@@ -1,0 +1,189 @@
+"""The weekly retrain as Prefect runs it (prefect_test_harness, real MLflow and label
+registry, generated images, tiny training): the first champion, a challenger judged by the
+gate, quiet and thin weeks skipped, validation stopping a week before training, a crash in
+training leaving the registries as they were, and one retrain at a time."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cme.bootstrap import App, bootstrap
+from cme.evaluation import lifecycle
+from cme.retrain import RETRAIN_LEASE, RetrainSummary
+from pipelines.sample_data import SampleSpec, write_sample_data
+from registry.labels import exclusive
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def register_week(project: Path, seed: int, images: int) -> int:
+    """A lab export of generated 64-px images registered by a steward; returns how many
+    histopathology-confirmed labels it brought (those the retrain learns from)."""
+    export = project / "lab" / f"seed{seed}"
+    write_sample_data(export, SampleSpec(n=images, seed=seed, image_size=64))
+    with opened() as app:
+        summary = app.label_registry().import_metadata(
+            export / "metadata.csv", export / "images", steward="steward"
+        )
+        assert summary.quarantined == 0, summary.reasons
+        return sum(1 for label in app.label_registry().labels(sources=["histo"]))
+
+
+class opened:  # noqa: N801 (reads as a context manager)
+    def __enter__(self) -> App:
+        self.app = bootstrap()
+        return self.app
+
+    def __exit__(self, *_: object) -> None:
+        self.app.close()
+
+
+def retrain(**parameters: Any) -> Any:
+    from flows.weekly_retrain import weekly_retrain
+
+    return weekly_retrain(steward="weekly-retrain", return_state=True, **parameters)
+
+
+def finished(state: Any) -> RetrainSummary:
+    assert state.is_completed(), state.message
+    summary: RetrainSummary = state.result()
+    return summary
+
+
+def tracking(app: App) -> MlflowClient:
+    mlflow.set_tracking_uri(app.settings.mlflow_tracking_uri)
+    return MlflowClient(app.settings.mlflow_tracking_uri)
+
+
+def training_runs(app: App) -> list[Any]:
+    client = tracking(app)
+    experiment = client.get_experiment_by_name(app.settings.experiment)
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id])
+
+
+def test_a_season_of_weekly_retrains(platform: Path) -> None:
+    from flows.promotion import promotion
+
+    # Week 1: the first challenger passes the first-model floors and awaits a reviewer.
+    register_week(platform, seed=3, images=160)
+    first = finished(retrain())
+    assert first.status == "awaiting approval", first.lines()
+    assert (first.version, first.champion) == ("1", None)
+    assert any(reason.split()[:2] == ["pass", "first_model_roc_auc:"] for reason in first.reasons)
+
+    # The reviewer approves in the MLflow UI (tags); the promotion flow promotes.
+    with opened() as app:
+        client = tracking(app)
+        client.set_model_version_tag(app.settings.model_name, "1", "approval", "approved")
+        client.set_model_version_tag(app.settings.model_name, "1", "reviewer", "dr-lind")
+    promoted = promotion(actor="promotion-flow")
+    assert any("version 1 is now the champion" in line for line in promoted), promoted
+
+    # Week 2: new confirmed labels; the challenger is judged against champion 1 on the
+    # same locked test set, and waits for approval or is rejected, by the gate.
+    register_week(platform, seed=4, images=90)
+    second = finished(retrain())
+    assert second.version == "2" and second.status in ("awaiting approval", "rejected")
+    assert {line.split()[1].rstrip(":") for line in second.reasons} >= {"roc_auc", "f1"}
+    assert "delta_roc_auc" in second.metrics
+    with opened() as app:
+        champions = lifecycle(app)
+        assert champions.expected_champion() == "1"
+        decision = champions.trail.audit_events(app.settings.model_name)[-1]
+        assert (decision.action, decision.version) == ("decision", "2")
+        assert decision.evidence["champion_at_decision"] == "1"
+        assert decision.evidence["flow_run_id"]  # lineage back to the Prefect run
+        snapshots = len(app.label_registry().snapshots())
+
+    # Week 3: nothing new arrived: skipped, recorded as such, nothing trained.
+    quiet = retrain()
+    assert quiet.name == "Skipped"
+    assert "not changed since the last retrain" in finished(quiet).message
+    with opened() as app:
+        assert len(app.label_registry().snapshots()) == snapshots
+        runs = len(training_runs(app))
+        audit = app.label_registry().repository.audit_events(app.settings.model_name)
+
+    # Week 4: the new images were damaged in the store after registration: training crashes
+    # on them, and neither registry changes (no version, same champion, no audit event).
+    register_week(platform, seed=5, images=60)
+    with opened() as app:
+        damaged = [
+            app.settings.image_store_dir / label.stored_path
+            for label in app.label_registry().labels(sources=["histo"])
+            if label.image_id.startswith("SYN_5_")
+        ]
+    for image in damaged:
+        image.write_bytes(b"this is not a JPEG any more")
+    crashed = retrain()
+    assert crashed.is_failed()
+    with opened() as app:
+        champions = lifecycle(app)
+        assert [v.version for v in champions.models.versions()] == ["2", "1"]
+        assert champions.expected_champion() == "1"
+        assert champions.models.aliased("champion").version == "1"
+        assert champions.trail.audit_events(app.settings.model_name) == audit
+        statuses = [run.info.status for run in training_runs(app)]
+        assert len(statuses) == runs + 1 and statuses.count("FAILED") == 1
+        assert app.label_registry().repository.lease(RETRAIN_LEASE) is None  # released
+
+
+def test_too_few_new_labels_skip_the_week(platform: Path) -> None:
+    arrived = register_week(platform, seed=6, images=20)
+    state = retrain()
+    assert state.name == "Skipped"
+    summary = finished(state)
+    assert summary.message == f"{arrived} new labels since the start (no champion yet); 30 needed"
+    with opened() as app:
+        assert app.label_registry().snapshots() == []
+        assert training_runs(app) == []
+
+
+def test_failed_validation_stops_before_training_and_keeps_the_report(platform: Path) -> None:
+    register_week(platform, seed=3, images=60)
+    state = retrain(overrides=["validation.min_melanoma=1000"])
+    assert state.is_failed()
+    assert "FAIL manifest    enough melanoma" in state.message
+    with opened() as app:
+        assert app.label_registry().snapshots() == []
+        assert training_runs(app) == []
+        assert list(app.settings.reports_dir.glob("validation-*.json"))
+        assert (app.settings.reports_dir / "data-docs" / "index.html").is_file()
+
+
+def test_a_retrain_already_running_elsewhere_means_this_one_is_skipped(platform: Path) -> None:
+    register_week(platform, seed=3, images=60)
+    with opened() as app:
+        repository = app.label_registry().repository
+        with exclusive(repository, RETRAIN_LEASE, "flow run 42 on gpu-7", timedelta(minutes=5)):
+            state = retrain()
+    assert state.name == "Skipped"
+    assert finished(state).message.startswith("another retrain is running")
+    assert "flow run 42 on gpu-7" in state.message
+
+
+def test_two_triggers_at_once_run_one_retrain(platform: Path) -> None:
+    register_week(platform, seed=3, images=160)
+    states: list[Any] = []
+    triggers = [threading.Thread(target=lambda: states.append(retrain())) for _ in range(2)]
+    for trigger in triggers:
+        trigger.start()
+    for trigger in triggers:
+        trigger.join(timeout=600)
+    summaries = sorted((finished(state) for state in states), key=lambda s: s.status)
+    assert [s.status for s in summaries] == ["awaiting approval", "skipped"]
+    assert summaries[1].message.startswith(
+        ("another retrain is running", "the labels have not changed")
+    )
+    with opened() as app:
+        assert len(training_runs(app)) == 1
+        assert [v.version for v in lifecycle(app).models.versions()] == ["1"]
