@@ -18,23 +18,18 @@ setup: ## Install uv if missing, create .venv, install the locked dependencies.
 	@# Byte-compile our own packages too: with PYTHONDONTWRITEBYTECODE set, nothing else would.
 	@$(UV) run --locked python -m compileall -q cme registry pipelines flows
 
-# The demo trains from scratch at 64 px for a few epochs: no ImageNet download, minutes on
-# two CPU cores. Drop these overrides on a GPU worker with internet for the real thing.
-DEMO_TRAIN ?= -S train.weights=none -S train.unfreeze_from=all -S train.image_size=64 \
-	-S train.epochs=3 -S train.learning_rate=0.001 -S train.batch_size=16
+demo: setup ## Three weeks on generated images through the real flows: inbox, retrain, gate, review.
+	$(UV) run --locked cme demo
 
-demo: setup ## Generate sample images, register, validate, snapshot, train, evaluate and gate.
-	$(UV) run --locked cme sample-data $(DEMO_DIR)/week1 --n 200 --seed 3
-	$(UV) run --locked cme labels import $(DEMO_DIR)/week1/metadata.csv --images $(DEMO_DIR)/week1/images --steward demo
-	$(UV) run --locked cme labels stats
-	$(UV) run --locked cme validate
-	$(UV) run --locked cme snapshot --steward demo
-	$(UV) run --locked cme train $(DEMO_TRAIN)
-	$(UV) run --locked cme evaluate
-	$(UV) run --locked cme status
-	@echo "MLflow UI on this data: $(UV) run --locked mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.cme/mlflow.db"
-	@echo "A challenger that passed the gate waits for a reviewer: set its tag approval=approved (and reviewer=NAME)"
-	@echo "in the MLflow UI, then run '$(UV) run cme promote'; or run '$(UV) run cme approve VERSION --reviewer NAME'."
+# The backtest replays the shared HAM10000 copy as weekly arrivals through the weekly-retrain
+# flow. On a CPU it trains from scratch at 64 px (no ImageNet download): drop BACKTEST_TRAIN
+# on a GPU worker with internet for the real recipe.
+BACKTEST_WEEKS ?= 4
+BACKTEST_TRAIN ?= -S train.weights=none -S train.unfreeze_from=all -S train.image_size=64 \
+	-S train.epochs=4 -S train.learning_rate=0.001 -S evaluate.target_sensitivity=0.9
+backtest: setup ## Replay ../shared/data/ham10000 as weekly arrivals; report under .cme/backtest/<time>/report.
+	$(UV) run --locked cme backtest --data $(HAM10000) --weeks $(BACKTEST_WEEKS) --first-week-share 0.4 \
+		--out .cme/backtest/$$(date +%Y%m%dT%H%M%S) $(BACKTEST_TRAIN)
 
 test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
 	$(UV) run --locked pytest -n 2 $(PYTEST_ARGS)
@@ -49,8 +44,9 @@ bench: setup ## Benchmarks on the shared HAM10000 copy (prints figures and ratio
 	$(UV) run --locked python bench/dataset_snapshot.py --data $(HAM10000)
 	$(UV) run --locked python bench/training.py --data $(HAM10000)
 	$(UV) run --locked python bench/gate_simulation.py
+	$(UV) run --locked python bench/weekly_retrain.py --demo
 
 clean: ## Remove the embedded stores and generated data (.cme/, data/, data.dvc, DVC cache).
 	rm -rf .cme data data.dvc .dvc/cache .dvc/tmp
 
-.PHONY: help setup demo test lint bench clean
+.PHONY: help setup demo backtest test lint bench clean

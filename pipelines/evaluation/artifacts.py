@@ -62,12 +62,14 @@ def _write_figures(
     curves: dict[str, npt.ArrayLike] = {report.challenger.name: challenger.probabilities}
     if champion is not None and report.versus is not None:
         curves[report.versus.champion.name] = champion.probabilities
-    written = [_save(plot(labels, curves), folder / name) for name, plot in CURVE_PLOTS.items()]
-    written.append(_save(confusion_figure(report.evaluations), folder / "confusion.png"))
+    written = [
+        save_figure(plot(labels, curves), folder / name) for name, plot in CURVE_PLOTS.items()
+    ]
+    written.append(save_figure(confusion_figure(report.evaluations), folder / "confusion.png"))
     return written
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
     try:
         figure.savefig(path, dpi=110)
     finally:

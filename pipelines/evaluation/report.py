@@ -368,39 +368,43 @@ def summary_html(
     (MLflow's artifact viewer does not resolve relative links), else linked by name."""
     title = f"Melanoma classifier evaluation: {report.challenger.name}"
     parts = [
-        f"<h1>{_text(title)}</h1>",
-        f"<p>{_text(locked_set_sentence(report))}<br>Evaluated {_text(report.created_at)}.</p>",
+        f"<h1>{escaped(title)}</h1>",
+        f"<p>{escaped(locked_set_sentence(report))}<br>Evaluated {escaped(report.created_at)}.</p>",
         _models_html(report),
     ]
     if decision_lines:
-        items = "".join(f"<li>{_text(line)}</li>" for line in decision_lines)
+        items = "".join(f"<li>{escaped(line)}</li>" for line in decision_lines)
         parts.append(f'<h2>Decision</h2><ul class="decision">{items}</ul>')
     parts += [_headline_html(report), _confusions_html(report), _subgroups_html(report)]
     if images:
         parts.append(_figures_html(images, image_folder))
-    body = "\n".join(parts)
+    return html_page(title, "\n".join(parts), STYLE)
+
+
+def html_page(title: str, body: str, style: str) -> str:
+    """A self-contained page: `body` is HTML already, `title` is text."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_text(title)}</title><style>{STYLE}</style></head>\n"
+        f"<title>{escaped(title)}</title><style>{style}</style></head>\n"
         f"<body>\n{body}\n</body></html>\n"
     )
 
 
-def _text(value: object) -> str:
+def escaped(value: object) -> str:
     return html.escape(str(value))
 
 
-def _row_html(cells: Sequence[str], header: bool = False) -> str:
+def row_html(cells: Sequence[str], header: bool = False) -> str:
     """A table row whose first cell is text (left-aligned) and the others numbers."""
     tag = "th" if header else "td"
-    out = [f"<{tag}{TEXT if i == 0 else ''}>{_text(c)}</{tag}>" for i, c in enumerate(cells)]
+    out = [f"<{tag}{TEXT if i == 0 else ''}>{escaped(c)}</{tag}>" for i, c in enumerate(cells)]
     return f"<tr>{''.join(out)}</tr>"
 
 
 def _models_html(report: EvaluationReport) -> str:
     items = [
-        f"<li><b>{_text(e.role)}</b>: {_text(e.model_uri)}"
-        f"{_text(f' (registered version {e.version})' if e.version else '')}</li>"
+        f"<li><b>{escaped(e.role)}</b>: {escaped(e.model_uri)}"
+        f"{escaped(f' (registered version {e.version})' if e.version else '')}</li>"
         for e in report.evaluations
     ]
     if not report.versus:
@@ -409,12 +413,12 @@ def _models_html(report: EvaluationReport) -> str:
 
 
 def _headline_html(report: EvaluationReport) -> str:
-    rows = [_row_html(("metric", "challenger", "champion", "difference"), header=True)]
-    rows += [_row_html(row) for row in headline_rows(report)]
+    rows = [row_html(("metric", "challenger", "champion", "difference"), header=True)]
+    rows += [row_html(row) for row in headline_rows(report)]
     table = f"<h2>Headline metrics</h2><table>{''.join(rows)}</table>"
     if not report.versus:
         return table
-    sentences = "".join(f"<li>{_text(line)}</li>" for line in statistics_lines(report.versus))
+    sentences = "".join(f"<li>{escaped(line)}</li>" for line in statistics_lines(report.versus))
     return f"{table}<h2>Paired statistics</h2><ul>{sentences}</ul>"
 
 
@@ -426,24 +430,24 @@ def _confusions_html(report: EvaluationReport) -> str:
 def _confusion_html(name: str, metrics: BinaryMetrics) -> str:
     counts: ConfusionMatrix = metrics.confusion
     rows = [
-        _row_html(("histopathology \\ called", "not melanoma", "melanoma"), header=True),
-        _row_html(("not melanoma", str(counts.true_negatives), str(counts.false_positives))),
-        _row_html(("melanoma", str(counts.false_negatives), str(counts.true_positives))),
+        row_html(("histopathology \\ called", "not melanoma", "melanoma"), header=True),
+        row_html(("not melanoma", str(counts.true_negatives), str(counts.false_positives))),
+        row_html(("melanoma", str(counts.false_negatives), str(counts.true_positives))),
     ]
     caption = f"{name} at threshold {number(metrics.threshold)}"
-    return f'<table class="confusion"><caption>{_text(caption)}</caption>{"".join(rows)}</table>'
+    return f'<table class="confusion"><caption>{escaped(caption)}</caption>{"".join(rows)}</table>'
 
 
 def _figures_html(images: Mapping[str, str], folder: Path | None) -> str:
     figures = [
-        f'<figure><img src="{_text(_image_source(name, folder))}" alt="{_text(caption)}">'
-        f"<figcaption>{_text(caption)}</figcaption></figure>"
+        f'<figure><img src="{escaped(image_source(name, folder))}" alt="{escaped(caption)}">'
+        f"<figcaption>{escaped(caption)}</figcaption></figure>"
         for caption, name in images.items()
     ]
     return f"<h2>Curves</h2>{''.join(figures)}"
 
 
-def _image_source(name: str, folder: Path | None) -> str:
+def image_source(name: str, folder: Path | None) -> str:
     if folder is None:
         return name
     encoded = base64.b64encode((folder / name).read_bytes()).decode("ascii")
@@ -456,7 +460,7 @@ def _subgroups_html(report: EvaluationReport) -> str:
         for name, css in (("attribute", TEXT), ("group", TEXT), ("images", ""), ("melanoma", ""))
     )
     roles = "".join(
-        f'<th colspan="{len(SUBGROUP_METRICS)}">{_text(e.name)}</th>' for e in report.evaluations
+        f'<th colspan="{len(SUBGROUP_METRICS)}">{escaped(e.name)}</th>' for e in report.evaluations
     )
     names = "".join(
         f"<th>{SUBGROUP_NAMES[name]}</th>" for _ in report.evaluations for name in SUBGROUP_METRICS
@@ -464,13 +468,13 @@ def _subgroups_html(report: EvaluationReport) -> str:
     rows = [f'<tr>{spanned}{roles}<th rowspan="2"{TEXT}>flags</th></tr><tr>{names}</tr>']
     for row, champion, worse in _subgroup_pairs(report):
         rows.append(_subgroup_row_html(row, champion, worse, with_champion=bool(report.versus)))
-    return f"<h2>Subgroups</h2><p>{_text(SMALL_NOTE)}</p><table>{''.join(rows)}</table>"
+    return f"<h2>Subgroups</h2><p>{escaped(SMALL_NOTE)}</p><table>{''.join(rows)}</table>"
 
 
 def _subgroup_row_html(
     row: SubgroupRow, champion: SubgroupRow | None, worse: set[str], *, with_champion: bool
 ) -> str:
-    cells = [f"<td{TEXT}>{_text(v)}</td>" for v in (_attribute_name(row), row.group)]
+    cells = [f"<td{TEXT}>{escaped(v)}</td>" for v in (_attribute_name(row), row.group)]
     cells += [f"<td>{row.images}</td>", f"<td>{row.melanoma}</td>"]
     for name in SUBGROUP_METRICS:
         marked = ' class="worse"' if name in worse else ""
@@ -478,7 +482,8 @@ def _subgroup_row_html(
     if with_champion:
         cells += [f"<td>{number(getattr(champion, name, None))}</td>" for name in SUBGROUP_METRICS]
     badges = [
-        f'<span class="badge {flag.split()[0]}">{_text(flag)}</span>' for flag in _flags(row, worse)
+        f'<span class="badge {flag.split()[0]}">{escaped(flag)}</span>'
+        for flag in _flags(row, worse)
     ]
     cells.append(f"<td{TEXT}>{' '.join(badges)}</td>")
     css = ' class="small"' if row.small else ""
