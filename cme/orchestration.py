@@ -25,6 +25,7 @@ def use_prefect(settings: Settings) -> None:
     `prefect server start` with the same PREFECT_HOME later shows every run."""
     for name, value in prefect_environment(settings).items():
         os.environ.setdefault(name, value)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
 def prefect_environment(settings: Settings) -> dict[str, str]:

@@ -90,8 +90,8 @@ def deploy(
 
 def demo(
     weeks: int = typer.Option(3, "--weeks", min=1, help="Weeks to live through."),
-    first_week: int = typer.Option(240, "--first-week", min=20, help="Images in week 1."),
-    later_weeks: int = typer.Option(120, "--later-weeks", min=20, help="Images a later week."),
+    first_week: int = typer.Option(200, "--first-week", min=20, help="Images in week 1."),
+    later_weeks: int = typer.Option(100, "--later-weeks", min=20, help="Images a later week."),
     folder: Path = typer.Option(
         Path(".cme/demo"), "--folder", help="Where the generated exports are kept."
     ),

@@ -97,6 +97,9 @@ def train_classifier(
     on_epoch: OnEpoch | None = None,
 ) -> TrainResult:
     """Fine-tune a ResNet50 classifier on the train split, choosing the best epoch on val."""
+    # A long-lived process (a worker, the demo) trains week after week: without this, each
+    # new model is built and traced beside every earlier one, and training slows down.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
