@@ -43,11 +43,15 @@ def project(tmp_path: Path, database_url: str) -> Iterator[App]:
 
 
 def params_for(app: App) -> Params:
-    """The embedded defaults, but every label source and a melanoma floor the 24-image
-    generated set can meet."""
+    """The embedded defaults, but every label source and melanoma floors the 24-image
+    generated set can meet (its val split holds no melanoma lesion)."""
     return load_params(
         app.settings.params_file,
-        ["snapshot.label_sources=[histo,follow_up,consensus]", "validation.min_melanoma=2"],
+        [
+            "snapshot.label_sources=[histo,follow_up,consensus]",
+            "validation.min_melanoma=2",
+            "validation.min_split_lesions=0",
+        ],
     )
 
 

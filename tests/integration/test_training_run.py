@@ -35,6 +35,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("training-project")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update(TINY_TRAINING)
+    params["validation"]["min_split_lesions"] = 1  # 100 images: one melanoma lesion in val
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(ROOT / "dvc.yaml", folder)
     for command in (
