@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -105,7 +106,7 @@ def replay_week(
     week: int,
     batch: pd.DataFrame,
     images: Path,
-    retrain: Callable[[], object],
+    retrain: Callable[[], Any],
 ) -> ReplayedWeek:
     """Register the week's labels, run the weekly retrain, approve what the gate passed."""
     export = app.settings.home / "arrivals" / f"week{week}.csv"
@@ -114,12 +115,12 @@ def replay_week(
     registry = app.label_registry(params.intake.rules())
     registry.import_metadata(export, images, steward=BACKTEST_STEWARD,
                              batch_size=params.intake.batch_size)  # fmt: skip
-    state: object = retrain()
+    state = retrain()
     labels = registry.stats().images
-    if not state.is_completed():  # type: ignore[attr-defined]
-        failure = f"{state.name}: {state.message}"  # type: ignore[attr-defined]
+    if not state.is_completed():
+        failure = f"{state.name}: {state.message}"
         return ReplayedWeek(week, len(batch), labels, None, failure, _champion(app))
-    summary: RetrainSummary = state.result()  # type: ignore[attr-defined]
+    summary: RetrainSummary = state.result()
     review = None
     if summary.status == AWAITING and summary.version is not None:
         review = lifecycle(app).approve(summary.version, BACKTEST_REVIEWER).message

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from cme.evaluation import Evaluation
     from pipelines.gate import Decision
     from pipelines.validation import ValidationReport
-    from registry.promotion import Outcome
+    from registry.promotion import ChampionLifecycle, Outcome
 
 RETRAIN_LEASE = "weekly-retrain"
 
@@ -99,7 +99,7 @@ def pull_new_labels(app: App, params: Params) -> LabelPull:
         new_labels=count_new_labels(manifest, learnt),
         champion=champion,
         champion_snapshot=snapshot_id,
-        already_evaluated=_version_trained_on(app, manifest),
+        already_evaluated=_version_trained_on(app, champions, manifest),
     )
 
 
@@ -112,12 +112,14 @@ def count_new_labels(current: pd.DataFrame, learnt: pd.DataFrame | None) -> int:
     return sum(1 for image_id, dx in now if earlier.get(image_id) != dx)
 
 
-def _version_trained_on(app: App, manifest: pd.DataFrame) -> str | None:
+def _version_trained_on(
+    app: App, champions: ChampionLifecycle, manifest: pd.DataFrame
+) -> str | None:
     snapshots = app.label_registry().snapshots()
     if not snapshots or snapshots[-1].manifest_sha256 != manifest_digest(manifest):
         return None
     latest = snapshots[-1].snapshot_id
-    versions = lifecycle(app).models.versions()
+    versions = champions.models.versions()
     return next((v.version for v in versions if v.tags.get("snapshot_id") == latest), None)
 
 
