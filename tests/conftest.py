@@ -63,7 +63,7 @@ def _empty_postgres(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         tables = "audit_events, lesion_splits, snapshots, label_events, images, lesions, "
-        tables += "quarantine, run_leases"
+        tables += "quarantine, run_leases, predictions"
         connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     engine.dispose()
 

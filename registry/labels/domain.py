@@ -212,3 +212,33 @@ class RunLease:
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at <= now
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One prediction of a model, logged as it was made (append-only), so a histopathology
+    label that arrives later can be matched to it by the image's content."""
+
+    image_sha256: str  # sha256 hex of the image bytes as received
+    model_name: str
+    model_version: str | None  # None: a model that is not a registered version
+    probability: float
+    melanoma: bool  # the decision at `threshold`
+    threshold: float
+    predicted_at: datetime  # aware UTC
+    source: str  # "serve" or "cli"
+    image_name: str | None = None  # file name or caller's id, when known
+    prediction_id: int | None = None
+
+
+@dataclass(frozen=True)
+class MatchedPrediction:
+    """A logged prediction beside the current label of the registered image it was made on."""
+
+    prediction: PredictionRecord
+    image_id: str
+    lesion_id: str
+    dx: str  # current diagnosis (latest label event)
+    dx_type: str
+    label_arrived_at: datetime  # images.registered_at: when the label reached the registry
+    confirmed_at: datetime  # confirmed_at of the current label event

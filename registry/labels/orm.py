@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -169,3 +170,20 @@ class RunLeaseRow(Base):
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
     renewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PredictionRow(Base):
+    """Append-only (fifth migration): one logged prediction, matched to labels by content."""
+
+    __tablename__ = "predictions"
+
+    prediction_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    image_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    model_name: Mapped[str] = mapped_column(String(256))
+    model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    probability: Mapped[float] = mapped_column(Float)
+    melanoma: Mapped[bool] = mapped_column(Boolean)
+    threshold: Mapped[float] = mapped_column(Float)
+    predicted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    source: Mapped[str] = mapped_column(String(16))

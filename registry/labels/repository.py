@@ -34,6 +34,8 @@ from registry.labels.domain import (
     ImageFacts,
     LabelEvent,
     LabelledImage,
+    MatchedPrediction,
+    PredictionRecord,
     QuarantinedRow,
     RegistryStats,
     RunLease,
@@ -51,6 +53,7 @@ from registry.labels.orm import (
     LabelEventRow,
     LesionRow,
     LesionSplitRow,
+    PredictionRow,
     QuarantineRow,
     RunLeaseRow,
     SnapshotRow,
@@ -60,6 +63,8 @@ _CHUNK = 500  # ids per IN (...) clause, well under every backend's parameter li
 _WRITE_LOCK = 0x636D_656C  # PostgreSQL advisory lock that serializes label writes ("cmel")
 _LEASE_NAME_MAX = 64  # run_leases.name
 _LEASE_HOLDER_MAX = 256  # run_leases.holder
+_PREDICTION_TEXT_MAX = {"model_name": 256, "model_version": 32, "source": 16, "image_name": 255}
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -273,7 +278,64 @@ class LabelRepository:
             row = connection.execute(query).first()
             return _run_lease(row) if row is not None else None
 
+    def predictions(
+        self, model_name: str, *, since: datetime | None = None
+    ) -> list[PredictionRecord]:
+        """The model's logged predictions (made at or after `since`), oldest first."""
+        query = _of_model(select(PredictionRow), model_name, since)
+        with self._reading() as connection:
+            return [_prediction_record(row) for row in connection.execute(query)]
+
+    def matched_predictions(
+        self,
+        model_name: str,
+        *,
+        sources: Sequence[str] | None = None,
+        since: datetime | None = None,
+    ) -> list[MatchedPrediction]:
+        """The model's logged predictions of registered images, each beside the image's
+        current label (of a source in `sources`), oldest first. A prediction of an image the
+        registry does not hold (yet) is left out."""
+        current = _current_labels().subquery()
+        query: Select[Any] = select(
+            *PredictionRow.__table__.columns,
+            current.c.image_id,
+            current.c.lesion_id,
+            current.c.dx,
+            current.c.dx_type,
+            current.c.registered_at.label("label_arrived_at"),
+            current.c.confirmed_at,
+        ).join(current, current.c.sha256 == PredictionRow.image_sha256)
+        if sources:
+            query = query.where(current.c.dx_type.in_(list(sources)))
+        query = _of_model(query, model_name, since).order_by(  # first registered first
+            current.c.registered_at, current.c.image_id
+        )
+        matched: list[MatchedPrediction] = []
+        with self._reading() as connection:
+            for row in connection.execute(query):
+                if matched and matched[-1].prediction.prediction_id == row.prediction_id:
+                    # The same content under two image ids (two concurrent imports can both
+                    # pass the duplicate check): the first registered counts, as at intake.
+                    continue
+                matched.append(_matched_prediction(row))
+        return matched
+
     # -- writing -------------------------------------------------------------------------
+
+    def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
+        """Append predictions to the log, all in one transaction; returns how many.
+
+        Not a label write, so it takes no write lock: a serving process logging predictions
+        never waits for a label import. On SQLite a plain BEGIN is enough, as the transaction
+        only inserts."""
+        if not records:
+            return 0
+        for record in records:
+            _check_prediction(record)
+        with _translated_errors(), self._engine.begin() as connection:
+            connection.execute(insert(PredictionRow), [_prediction_values(r) for r in records])
+        return len(records)
 
     def acquire_lease(
         self, name: str, holder: str, ttl: timedelta, now: datetime
@@ -539,6 +601,14 @@ def _current_labels() -> Select[Any]:
     )
 
 
+def _of_model(query: Select[Any], model_name: str, since: datetime | None) -> Select[Any]:
+    """Only the model's predictions made at or after `since`, oldest first."""
+    query = query.where(PredictionRow.model_name == model_name)
+    if since is not None:
+        query = query.where(PredictionRow.predicted_at >= since)
+    return query.order_by(PredictionRow.predicted_at, PredictionRow.prediction_id)
+
+
 def _count(connection: Connection, table: Any) -> int:
     return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
 
@@ -716,6 +786,49 @@ def _check_lease(name: str, holder: str, ttl: timedelta, now: datetime) -> None:
         raise LabelRegistryError(f"a lease lasts a positive time, not {ttl}")
     if now.tzinfo is None:
         raise LabelRegistryError("naive datetime given to the label registry; use UTC")
+
+
+def _check_prediction(record: PredictionRecord) -> None:
+    """The same bounds on every backend (SQLite would keep an overlong name as it is)."""
+    sha256 = record.image_sha256
+    if len(sha256) != 64 or not _HEX.issuperset(sha256):
+        raise LabelRegistryError(
+            f"a prediction's image_sha256 is 64 lowercase hex digits, not {sha256!r:.80}"
+        )
+    for name, longest in _PREDICTION_TEXT_MAX.items():
+        text_value: str | None = getattr(record, name)
+        if text_value is not None and not 0 < len(text_value) <= longest:
+            raise LabelRegistryError(f"a prediction's {name} has 1 to {longest} characters")
+    for name in ("probability", "threshold"):
+        number: float = getattr(record, name)
+        if not 0 <= number <= 1:  # NaN too
+            raise LabelRegistryError(f"a prediction's {name} lies in [0, 1], not {number}")
+
+
+def _prediction_values(record: PredictionRecord) -> dict[str, Any]:
+    return {
+        name: getattr(record, name)
+        for name in PredictionRecord.__dataclass_fields__
+        if name != "prediction_id"
+    }
+
+
+def _prediction_record(row: Row[Any]) -> PredictionRecord:
+    return PredictionRecord(
+        **{name: getattr(row, name) for name in PredictionRecord.__dataclass_fields__}
+    )
+
+
+def _matched_prediction(row: Row[Any]) -> MatchedPrediction:
+    return MatchedPrediction(
+        prediction=_prediction_record(row),
+        image_id=row.image_id,
+        lesion_id=row.lesion_id,
+        dx=row.dx,
+        dx_type=row.dx_type,
+        label_arrived_at=row.label_arrived_at,
+        confirmed_at=row.confirmed_at,
+    )
 
 
 def _run_lease(row: Row[Any]) -> RunLease:

@@ -17,6 +17,8 @@ from registry.labels.domain import (
     IntakeRules,
     LabelEvent,
     LabelledImage,
+    MatchedPrediction,
+    PredictionRecord,
     QuarantinedRow,
     RegistryStats,
     SnapshotRecord,
@@ -363,6 +365,26 @@ class LabelRegistry:
 
     def record_snapshot(self, record: SnapshotRecord, splits: Mapping[str, str]) -> None:
         self.repository.record_snapshot(record, splits)
+
+    # -- prediction log ------------------------------------------------------------------
+
+    def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
+        return self.repository.record_predictions(records)
+
+    def predictions(
+        self, model_name: str, *, since: datetime | None = None
+    ) -> list[PredictionRecord]:
+        return self.repository.predictions(model_name, since=since)
+
+    def matched_predictions(
+        self,
+        model_name: str,
+        *,
+        sources: Sequence[str] | None = None,
+        since: datetime | None = None,
+    ) -> list[MatchedPrediction]:
+        """The model's predictions of images whose label has since reached the registry."""
+        return self.repository.matched_predictions(model_name, sources=sources, since=since)
 
 
 def _read(path: Path, rules: IntakeRules) -> bytes:

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 TABLES = {
     "lesions", "images", "label_events", "quarantine", "snapshots", "lesion_splits", "audit_events",
-    "run_leases",
+    "run_leases", "predictions",
 }  # fmt: skip
 
 
