@@ -1,30 +1,64 @@
 """The classifier as an MLflow pyfunc model: a batch of images in, a probability of
-melanoma (and the decision at the model's threshold) out.
+melanoma, the decision at the model's threshold and the model version out.
 
 Input: a DataFrame (or dict) with an `image` column whose values are JPEG/PNG bytes, the
 same bytes base64-encoded (what JSON carries), or RGB arrays of shape (height, width, 3).
 Images are decoded and resized exactly as in training (`pipelines.dataset.tfdata`).
+
+A copy loaded where a tracking server is configured (`mlflow models serve -m
+models:/NAME@champion` always is) finds the registered version it is, answers with that
+version and decides at the operating threshold its evaluation chose (the version's
+`threshold` tag), so every server of one version calls the same images melanoma.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModel
 
 IMAGE_COLUMN = "image"
-OUTPUT_COLUMNS = ("probability", "melanoma")
+OUTPUT_COLUMNS = ("probability", "melanoma", "model_version")
 KERAS_ARTIFACT = "keras_model"
 PREDICT_BATCH = 64
+MAX_IMAGE_BYTES = 20 * 2**20  # a dermoscope's largest JPEGs are a few MB
+MAX_IMAGE_PIXELS = 50_000_000  # checked from the header, before anything is decoded
+
+_log = logging.getLogger(__name__)
 
 
-class InvalidImage(ValueError):
-    """An input row is not an image the model can read; the message names the row."""
+class InvalidImage(MlflowException):
+    """An input row is not an image the model can read; the message names the row. An
+    MlflowException of kind INVALID_PARAMETER_VALUE, so scoring servers answer 400."""
+
+    def __init__(self, reason: str, row: int | None = None) -> None:
+        super().__init__(reason if row is None else f"row {row}: {reason}", INVALID_PARAMETER_VALUE)
+        self.reason = reason
+        self.row = row
+
+
+class ImageTooLarge(InvalidImage):
+    """An image over the size the model accepts (bytes or pixels)."""
+
+
+@dataclass(frozen=True)
+class RegisteredAs:
+    """The registered model version a loaded copy is."""
+
+    name: str
+    version: str
+    threshold: float | None
 
 
 def signature() -> Any:
@@ -34,7 +68,11 @@ def signature() -> Any:
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.binary, IMAGE_COLUMN)]),
         outputs=Schema(
-            [ColSpec(DataType.double, "probability"), ColSpec(DataType.boolean, "melanoma")]
+            [
+                ColSpec(DataType.double, "probability"),
+                ColSpec(DataType.boolean, "melanoma"),
+                ColSpec(DataType.string, "model_version", required=False),
+            ]
         ),
     )
 
@@ -48,15 +86,22 @@ class MelanomaClassifier(PythonModel):
         self._model: Any = None
         self.image_size = 0
         self.threshold = 0.5
+        self.model_version: str | None = None
 
     def load_context(self, context: Any) -> None:
         import keras
 
         import pipelines.training.model  # noqa: F401 (registers the preprocessing layer)
 
-        self._model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        keras_file = context.artifacts[KERAS_ARTIFACT]
+        self._model = keras.saving.load_model(keras_file, compile=False)
         self.image_size = int(context.model_config["image_size"])
         self.threshold = float(context.model_config["threshold"])
+        registered = registered_as(Path(keras_file))
+        if registered is not None:
+            self.model_version = registered.version
+            if registered.threshold is not None:
+                self.threshold = registered.threshold
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -64,7 +109,11 @@ class MelanomaClassifier(PythonModel):
         images = image_values(model_input)
         probabilities = self.probabilities(images)
         return pd.DataFrame(
-            {"probability": probabilities, "melanoma": probabilities >= self.threshold}
+            {
+                "probability": probabilities,
+                "melanoma": probabilities >= self.threshold,
+                "model_version": pd.Series([self.model_version] * len(images), dtype=object),
+            }
         )
 
     def probabilities(self, images: Sequence[Any]) -> np.ndarray:
@@ -100,37 +149,102 @@ def decoded(value: Any, image_size: int, row: int) -> np.ndarray:
 
     from pipelines.dataset.tfdata import decode_image, resize_image
 
-    if isinstance(value, str):
-        value = _from_base64(value, row)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        if not value:
-            raise InvalidImage(f"row {row}: empty image")
+    contents = image_bytes(value, row)
+    if contents is not None:
+        checked = _within_limits(contents, row)
         try:
-            return np.asarray(decode_image(bytes(value), image_size))
+            return np.asarray(decode_image(checked, image_size))
         except tf.errors.InvalidArgumentError as error:
             reason = str(error.message).splitlines()[0]
-            raise InvalidImage(f"row {row}: not a readable image ({reason})") from None
+            raise InvalidImage(f"not a readable image ({reason})", row) from None
     if isinstance(value, np.ndarray):
         resized: np.ndarray = np.asarray(resize_image(_rgb(value, row), image_size))
         return resized
     raise InvalidImage(
-        f"row {row}: expected image bytes, base64 text or an array, got {type(value).__name__}"
+        f"expected image bytes, base64 text or an array, got {type(value).__name__}",
+        row,
     )
+
+
+def image_bytes(value: Any, row: int) -> bytes | None:
+    """The encoded image of an input value (base64 text decoded); None for an array."""
+    if isinstance(value, str):
+        return _from_base64(value, row)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return None
+
+
+def _within_limits(contents: bytes, row: int) -> bytes:
+    """The bytes, once their size and the pixel count in their header are acceptable: a
+    small file can declare a huge image, and decoding it would exhaust the server's memory."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not contents:
+        raise InvalidImage("empty image", row)
+    if len(contents) > MAX_IMAGE_BYTES:
+        raise ImageTooLarge(
+            f"image of {len(contents):,} bytes is over the limit of {MAX_IMAGE_BYTES:,}",
+            row,
+        )
+    try:
+        with Image.open(io.BytesIO(contents)) as header:
+            width, height = header.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise InvalidImage("not a readable image (unknown image format)", row) from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageTooLarge(
+            f"image of {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels",
+            row,
+        )
+    return contents
 
 
 def _from_base64(text: str, row: int) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidImage(f"row {row}: text is not base64-encoded image bytes") from None
+        raise InvalidImage("text is not base64-encoded image bytes", row) from None
+
+
+def registered_as(model_file: Path) -> RegisteredAs | None:
+    """The registered version whose run logged this copy of the model, asked of the
+    configured tracking server; None when none is configured, the run was never registered,
+    or the registry cannot be reached (the copy still predicts, at its logged threshold)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.models import Model
+
+    mlmodel = next((folder / "MLmodel" for folder in model_file.parents
+                    if (folder / "MLmodel").is_file()), None)  # fmt: skip
+    tracking_uri_set: Callable[[], bool] = mlflow.is_tracking_uri_set
+    if mlmodel is None or not tracking_uri_set():
+        return None
+    run_id = Model.load(str(mlmodel)).run_id
+    if not run_id:
+        return None
+    try:
+        found = MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+    except MlflowException as error:
+        _log.warning("cannot ask the model registry which version this model is: %s", error)
+        return None
+    if not found:
+        return None
+    newest = max(found, key=lambda version: int(version.creation_timestamp or 0))
+    threshold = (newest.tags or {}).get("threshold")
+    return RegisteredAs(newest.name, str(newest.version), float(threshold) if threshold else None)
 
 
 def _rgb(array: np.ndarray, row: int) -> np.ndarray:
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] not in (3, 4) or min(array.shape[:2]) < 1:
-        raise InvalidImage(
-            f"row {row}: expected an array of shape (height, width, 3), got {array.shape}"
+        raise InvalidImage(f"expected an array of shape (height, width, 3), got {array.shape}", row)
+    if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
+        raise ImageTooLarge(
+            f"image of {array.shape[1]}x{array.shape[0]} pixels is over the limit of "
+            f"{MAX_IMAGE_PIXELS:,} pixels",
+            row,
         )
     rgb: np.ndarray = np.clip(array[..., :3], 0, 255).astype(np.uint8)
     return rgb

@@ -79,23 +79,25 @@ def log_result(result: TrainResult, example_image: bytes) -> str:
     figure = learning_curve(result)
     mlflow.log_figure(figure, "learning_curve.png")
     plt.close(figure)
-    return log_classifier(result, example_image)
+    return log_classifier(
+        result.model, result.config.image_size, result.config.threshold, example_image
+    )
 
 
-def log_classifier(result: TrainResult, example_image: bytes) -> str:
+def log_classifier(
+    model: keras.Model, image_size: int, threshold: float, example_image: bytes
+) -> str:
+    """Log the Keras model as the pyfunc that serves it, in the active run; return its URI."""
     import pandas as pd
 
     with tempfile.TemporaryDirectory(prefix="cme-model-") as folder:
         keras_file = Path(folder) / "classifier.keras"
-        result.model.save(keras_file)
+        model.save(keras_file)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN,
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={KERAS_ARTIFACT: str(keras_file)},
-            model_config={
-                "image_size": result.config.image_size,
-                "threshold": result.config.threshold,
-            },
+            model_config={"image_size": image_size, "threshold": threshold},
             code_paths=[str(Path(__file__).resolve().parents[1])],
             signature=signature(),
             input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),

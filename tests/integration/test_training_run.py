@@ -21,7 +21,7 @@ from PIL import Image
 
 import pipelines.training.model  # noqa: F401 (registers the layer the .keras file names)
 from pipelines.dataset.tfdata import evaluation_batches, labelled_files
-from pipelines.training.pyfunc import InvalidImage
+from pipelines.training.pyfunc import OUTPUT_COLUMNS, InvalidImage
 from tests.integration.test_dataset_pipeline import ROOT, run
 from tests.training_support import TINY_TRAINING
 
@@ -128,7 +128,7 @@ def test_the_pyfunc_predicts_like_the_keras_model_from_bytes_base64_and_arrays(p
     # PIL and TensorFlow decode JPEG with slightly different rounding
     np.testing.assert_allclose(from_arrays["probability"], expected, atol=0.02)
     assert pyfunc.metadata.get_input_schema().input_names() == ["image"]
-    assert pyfunc.metadata.get_output_schema().input_names() == ["probability", "melanoma"]
+    assert pyfunc.metadata.get_output_schema().input_names() == list(OUTPUT_COLUMNS)
 
 
 def test_the_pyfunc_names_the_row_that_is_not_an_image(project, tracking):

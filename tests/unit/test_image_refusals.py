@@ -1,0 +1,74 @@
+"""What the served model refuses before it decodes anything, and how it says so: the row, the
+reason, and an MLflow error kind that scoring servers answer with a 4xx."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.training import pyfunc
+from pipelines.training.pyfunc import ImageTooLarge, InvalidImage, decoded
+
+
+def encoded(image: Image.Image, format: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def test_a_readable_image_is_decoded_at_the_model_size():
+    jpeg = encoded(Image.new("RGB", (90, 60), (200, 120, 80)))
+    for value in (jpeg, base64.b64encode(jpeg).decode()):
+        image = decoded(value, 32, row=0)
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+        assert abs(int(image[..., 0].mean()) - 200) <= 3
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (b"", "row 3: empty image"),
+        (b"%PDF-1.7 a referral letter", "row 3: not a readable image (unknown image format)"),
+        ("%% not base64 %%", "row 3: text is not base64-encoded image bytes"),
+        (np.zeros((4, 4, 5), dtype=np.uint8), "row 3: expected an array of shape"),
+        (42, "row 3: expected image bytes, base64 text or an array, got int"),
+    ],
+)
+def test_unreadable_input_names_the_row_and_the_reason(value, words):
+    with pytest.raises(InvalidImage) as refused:
+        decoded(value, 32, row=3)
+    assert str(refused.value).startswith(words)
+    assert refused.value.row == 3
+    assert refused.value.get_http_status_code() == 400
+
+
+def test_a_truncated_jpeg_is_refused():
+    jpeg = encoded(Image.new("RGB", (64, 64), (10, 200, 30)))
+    with pytest.raises(InvalidImage, match="row 0: not a readable image"):
+        decoded(jpeg[: len(jpeg) // 2], 32, row=0)
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(monkeypatch):
+    monkeypatch.setattr(pyfunc, "MAX_IMAGE_PIXELS", 100 * 100)
+    small_file_big_image = encoded(Image.new("RGB", (101, 100)), "PNG")
+    with pytest.raises(ImageTooLarge, match=r"row 1: image of 101x100 pixels is over the limit"):
+        decoded(small_file_big_image, 32, row=1)
+    with pytest.raises(ImageTooLarge, match="101x100 pixels"):
+        decoded(np.zeros((100, 101, 3), dtype=np.uint8), 32, row=1)
+    assert decoded(encoded(Image.new("RGB", (100, 100)), "PNG"), 32, row=1).shape == (32, 32, 3)
+
+
+def test_too_many_bytes_are_refused(monkeypatch):
+    monkeypatch.setattr(pyfunc, "MAX_IMAGE_BYTES", 1_000)
+    jpeg = encoded(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    )
+    assert len(jpeg) > 1_000
+    with pytest.raises(
+        ImageTooLarge, match=r"row 0: image of [\d,]+ bytes is over the limit of 1,000"
+    ):
+        decoded(jpeg, 32, row=0)
