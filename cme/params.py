@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipelines.dataset import SplitFractions
 from pipelines.gate import GatePolicy, MetricRule, Mode, SubgroupMetric
+from pipelines.monitoring import MonitorPolicy
 from pipelines.training.config import Augmentation, TrainConfig, TrainConfigError
 from pipelines.validation.bounds import DriftThresholds, ManifestBounds
 from registry.labels import LABEL_SOURCES, IntakeRules
@@ -210,6 +211,25 @@ class InboxParams(_Section):
     settle_seconds: float = Field(default=120, ge=0)
 
 
+class MonitorParams(_Section):
+    specificity_floor: float = Field(default=0.5, ge=0, le=1)
+    max_calibration_error: float = Field(default=0.15, gt=0, le=1)
+    min_melanoma: int = Field(default=20, ge=1)
+    min_other: int = Field(default=20, ge=1)
+    calibration_bins: int = Field(default=10, ge=2, le=100)
+
+    def policy(self, gate: GateParams, confidence: float) -> MonitorPolicy:
+        return MonitorPolicy(
+            sensitivity_floor=gate.sensitivity_floor,
+            specificity_floor=self.specificity_floor,
+            max_calibration_error=self.max_calibration_error,
+            min_melanoma=self.min_melanoma,
+            min_other=self.min_other,
+            calibration_bins=self.calibration_bins,
+            confidence=confidence,
+        )
+
+
 class Params(_Section):
     intake: IntakeParams = IntakeParams()
     split: SplitParams = SplitParams()
@@ -222,6 +242,7 @@ class Params(_Section):
     gate: GateParams = GateParams()
     retrain: RetrainParams = RetrainParams()
     inbox: InboxParams = InboxParams()
+    monitor: MonitorParams = MonitorParams()
 
 
 def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:

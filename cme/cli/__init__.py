@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cme.cli import data, dataset, db, flows, labels, models, training
+from cme.cli import data, dataset, db, flows, labels, models, serving, training
 from cme.cli.common import fail, run_app_command
 
 app = typer.Typer(
@@ -35,6 +35,9 @@ app.command("inbox")(flows.inbox)
 app.command("deploy")(flows.deploy)
 app.command("demo")(flows.demo)
 app.command("backtest")(flows.backtest)
+app.command("predict")(serving.predict)
+app.command("serve")(serving.serve)
+app.command("monitor")(serving.monitor)
 app.command("sample-data")(data.sample_data)
 app.command("params")(data.show_params)
 

@@ -129,6 +129,8 @@ def _ui_commands(settings: Settings) -> list[str]:
     home = settings.home.resolve()
     return [
         "every decision with its evidence: uv run cme audit; the registry: uv run cme status",
+        "the champion's answers: uv run cme predict IMAGE...; a server following it: "
+        "uv run cme serve   (POST http://127.0.0.1:5001/invocations)",
         f"MLflow UI:  uv run mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} "
         "--port 5000   (then http://127.0.0.1:5000)",
         f"Prefect UI: PREFECT_HOME={home / 'prefect'} uv run prefect server start "
