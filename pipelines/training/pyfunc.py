@@ -212,7 +212,6 @@ def registered_as(model_file: Path) -> RegisteredAs | None:
     configured tracking server; None when none is configured, the run was never registered,
     or the registry cannot be reached (the copy still predicts, at its logged threshold)."""
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.models import Model
 
     mlmodel = next((folder / "MLmodel" for folder in model_file.parents
@@ -220,7 +219,13 @@ def registered_as(model_file: Path) -> RegisteredAs | None:
     tracking_uri_set: Callable[[], bool] = mlflow.is_tracking_uri_set
     if mlmodel is None or not tracking_uri_set():
         return None
-    run_id = Model.load(str(mlmodel)).run_id
+    return registered_run(Model.load(str(mlmodel)).run_id)
+
+
+def registered_run(run_id: str | None) -> RegisteredAs | None:
+    """The newest registered version of a training run's model, from the configured registry."""
+    from mlflow import MlflowClient
+
     if not run_id:
         return None
     try:
