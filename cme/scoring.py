@@ -38,6 +38,8 @@ class ModelSource(Protocol):
     @property
     def current(self) -> ServedModel: ...
 
+    def describe(self) -> dict[str, Any]: ...
+
 
 class _Scoring:
     """What MLflow's `invocations` calls as the model: one request's view of the served copy,
@@ -52,12 +54,12 @@ class _Scoring:
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
         import pandas as pd
 
-        from pipelines.training.pyfunc import InvalidImage
+        from pipelines.training.pyfunc import InvalidImage, ModelFault
 
         frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
         try:
             self.predictions = predictions_of(self.served, frame, [None] * len(frame))
-        except InvalidImage as refusal:
+        except (InvalidImage, ModelFault) as refusal:
             self.refusal = refusal
             raise
         return pd.DataFrame(
@@ -92,7 +94,7 @@ def scoring_app(
 
     @app.get("/model")
     async def model() -> dict[str, Any]:
-        return {"model_name": model_name, **source.current.describe()}
+        return {"model_name": model_name, **source.current.describe(), **source.describe()}
 
     @app.post("/invocations")
     async def invocations_endpoint(request: Request) -> Any:
@@ -147,8 +149,10 @@ def _too_large(size: int, limit: int) -> Response:
 
 
 def _image_refused(refusal: Exception) -> Response:
-    from pipelines.training.pyfunc import ImageTooLarge
+    from pipelines.training.pyfunc import ImageTooLarge, ModelFault
 
+    if isinstance(refusal, ModelFault):  # the server's fault, not the caller's
+        return _refused(500, "INTERNAL_ERROR", str(refusal))
     if isinstance(refusal, ImageTooLarge):
         return _refused(413, TOO_LARGE, str(refusal))
     return _refused(400, "INVALID_PARAMETER_VALUE", str(refusal))

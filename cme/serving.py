@@ -15,7 +15,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -180,10 +180,14 @@ class PredictionLog:
     batches, so a request never waits for the database. A database error costs those log
     rows (counted and reported), never the prediction."""
 
-    def __init__(self, registry: LabelRegistry, flush_seconds: float = 1.0) -> None:
+    def __init__(
+        self, registry: LabelRegistry, flush_seconds: float = 1.0, capacity: int = 100_000
+    ) -> None:
         self._registry = registry
         self._flush_seconds = flush_seconds
-        self._queue: queue.Queue[PredictionRecord | None] = queue.Queue()
+        # Bounded: while the database is down, the oldest unwritten rows are kept and the
+        # newest are dropped and counted, rather than the server running out of memory.
+        self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self.written = 0
         self.lost = 0
@@ -193,12 +197,16 @@ class PredictionLog:
 
     def add(self, records: Sequence[PredictionRecord]) -> None:
         for record in records:
-            self._queue.put(record)
+            try:
+                self._queue.put_nowait(record)
+            except queue.Full:
+                self.lost += 1
 
-    def close(self) -> None:
-        """Write what is queued, then stop."""
+    def close(self, timeout_s: float = 20.0) -> None:
+        """Write what is queued (for at most `timeout_s`), then stop."""
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout=timeout_s)
+        self.lost += self._queue.qsize()
 
     def _run(self) -> None:
         stopping = False
@@ -220,13 +228,11 @@ class PredictionLog:
             self._write(batch)
 
     def _write(self, batch: list[PredictionRecord]) -> None:
-        from registry.labels import LabelRegistryError
-
         if not batch:
             return
         try:
             self.written += self._registry.record_predictions(batch)
-        except LabelRegistryError as error:
+        except Exception as error:  # whatever the database did, the writer lives on
             self.lost += len(batch)
             _log.error("%d predictions not logged (%d so far): %s", len(batch), self.lost, error)
 
@@ -243,6 +249,8 @@ class ChampionFollower:
     _current: ServedModel | None = field(default=None, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
+    last_error: str | None = field(default=None, init=False)
+    """Why the last attempt to follow the alias failed; None once it succeeds again."""
 
     @property
     def current(self) -> ServedModel:
@@ -265,7 +273,15 @@ class ChampionFollower:
             return False
         if self._current is not None and self._current.version == target.version:
             return False
-        loaded = self.load(f"models:/{self.models.model_name}/{target.version}")
+        copy = self.load(f"models:/{self.models.model_name}/{target.version}")
+        # The registry's word on what this is: the aliased version, at the operating
+        # threshold its evaluation chose, whatever the copy found out for itself.
+        threshold = target.tags.get("threshold")
+        loaded = replace(
+            copy,
+            version=target.version,
+            threshold=float(threshold) if threshold is not None else copy.threshold,
+        )
         previous, self._current = self._current, loaded
         _log.info("now serving %s version %s (alias %s; was %s)", self.models.model_name,
                   loaded.version, self.alias, previous.version if previous else "none")  # fmt: skip
@@ -277,15 +293,22 @@ class ChampionFollower:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop following; a download in progress is abandoned (the thread is a daemon)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.poll_seconds + 60)
+            self._thread.join(timeout=5)
+
+    def describe(self) -> dict[str, Any]:
+        return {"alias": self.alias, "poll_seconds": self.poll_seconds,
+                "last_follow_error": self.last_error}  # fmt: skip
 
     def _follow(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.check()
-            except Exception:  # the registry or a download failed: keep serving, try again
+                self.last_error = None
+            except Exception as error:  # the registry or a download failed: keep serving
+                self.last_error = f"{type(error).__name__}: {error}"[:500]
                 _log.exception("could not follow alias %r; still serving version %s",
                                self.alias, self.current.version)  # fmt: skip
 
@@ -295,6 +318,9 @@ class FixedModel:
 
     def __init__(self, served: ServedModel) -> None:
         self.current = served
+
+    def describe(self) -> dict[str, Any]:
+        return {"alias": None}
 
     def start(self) -> None:
         return None
@@ -323,6 +349,7 @@ class ServeOptions:
     poll_seconds: float = 30.0
     log_predictions: bool = True
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_concurrent_requests: int = 32  # beyond: 503 at once, not memory exhausted
 
 
 def serve(app: App, options: ServeOptions, announce: Callable[[str], None] = print) -> None:
@@ -345,12 +372,13 @@ def serve(app: App, options: ServeOptions, announce: Callable[[str], None] = pri
         http = scoring_app(source, app.settings.model_name, log.add if log else None,
                            options.max_request_bytes)  # fmt: skip
         uvicorn.run(http, host=options.host, port=options.port, log_level="info",
-                    timeout_graceful_shutdown=30)  # fmt: skip
+                    timeout_graceful_shutdown=20,
+                    limit_concurrency=options.max_concurrent_requests)  # fmt: skip
     finally:
-        source.stop()
-        if log is not None:
+        if log is not None:  # first: the queued rows matter more than the follower
             log.close()
             announce(f"predictions logged: {log.written}, not logged: {log.lost}")
+        source.stop()
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

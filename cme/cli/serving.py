@@ -52,21 +52,19 @@ def predict(
             files.append((str(path), path.read_bytes()))
         except OSError as error:
             refused.append(Refusal(str(path), f"cannot read the file ({error.strerror or error})"))
+    table = output is OutputFormat.table
     with opened_app() as cme:
         use_tracking(cme.settings)
         served = _loaded(model_uri or alias_uri(cme.settings.model_name))
         answered, not_images = predict_files(served, files)
         refused += not_images
+        # The answers first: a failure to log them must not withhold them.
+        emit((a.row() for a in answered), PREDICTION_COLUMNS + (() if table else ("sha256",)),
+             output)  # fmt: skip
         if log_predictions:
-            at = utc_now()
-            name = cme.settings.model_name
-            cme.label_registry().record_predictions(
-                [a.record(name, CLI_SOURCE, at) for a in answered]
-            )
-    columns = (
-        PREDICTION_COLUMNS if output is OutputFormat.table else (*PREDICTION_COLUMNS, "sha256")
-    )
-    emit((answer.row() for answer in answered), columns, output)
+            at, name = utc_now(), cme.settings.model_name
+            records = [answer.record(name, CLI_SOURCE, at) for answer in answered]
+            cme.label_registry().record_predictions(records)
     for refusal in refused:
         typer.secho(f"error: {refusal.image_name}: {refusal.reason}", fg=typer.colors.RED, err=True)
     if refused:
@@ -103,7 +101,10 @@ def serve(
         help="Record each prediction in the label registry for `cme monitor`.",
     ),
     max_request_mb: float = typer.Option(
-        64.0, "--max-request-mb", min=0.001, help="Largest request body."
+        64.0, "--max-request-mb", min=0.001, help="Largest request body, in MiB."
+    ),
+    max_concurrent_requests: int = typer.Option(
+        32, "--max-concurrent-requests", min=1, help="More at once are answered 503."
     ),
 ) -> None:
     """Answer POST /invocations (MLflow's scoring protocol) with the probability of melanoma,
@@ -114,6 +115,7 @@ def serve(
     options = ServeOptions(
         host=host, port=port, model_uri=model_uri, alias=alias, poll_seconds=poll_seconds,
         log_predictions=log_predictions, max_request_bytes=int(max_request_mb * 2**20),
+        max_concurrent_requests=max_concurrent_requests,
     )  # fmt: skip
     with opened_app() as cme:
         try:

@@ -35,6 +35,8 @@ PREDICT_BATCH = 64
 MAX_IMAGE_BYTES = 20 * 2**20  # a dermoscope's largest JPEGs are a few MB
 MAX_IMAGE_PIXELS = 50_000_000  # checked from the header, before anything is decoded
 
+_BASE64_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
 _log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,10 @@ class InvalidImage(MlflowException):
         super().__init__(reason if row is None else f"row {row}: {reason}", INVALID_PARAMETER_VALUE)
         self.reason = reason
         self.row = row
+
+
+class ModelFault(RuntimeError):
+    """The model produced an answer that must not reach a patient (e.g. NaN)."""
 
 
 class ImageTooLarge(InvalidImage):
@@ -97,7 +103,9 @@ class MelanomaClassifier(PythonModel):
         self._model = keras.saving.load_model(keras_file, compile=False)
         self.image_size = int(context.model_config["image_size"])
         self.threshold = float(context.model_config["threshold"])
-        registered = registered_as(Path(keras_file))
+        registered = registered_as(
+            Path(keras_file), context.model_config.get("registered_model_name")
+        )
         if registered is not None:
             self.model_version = registered.version
             if registered.threshold is not None:
@@ -125,7 +133,10 @@ class MelanomaClassifier(PythonModel):
             np.asarray(self._model.predict_on_batch(batch[start : start + PREDICT_BATCH]))
             for start in range(0, len(batch), PREDICT_BATCH)
         ]
-        return np.concatenate(chunks).reshape(-1).astype(np.float64)
+        probabilities = np.concatenate(chunks).reshape(-1).astype(np.float64)
+        if not np.isfinite(probabilities).all():  # never let NaN read as "not melanoma"
+            raise ModelFault("the model returned a probability that is not a number")
+        return probabilities
 
 
 def image_values(model_input: Any) -> list[Any]:
@@ -167,11 +178,19 @@ def decoded(value: Any, image_size: int, row: int) -> np.ndarray:
 
 
 def image_bytes(value: Any, row: int) -> bytes | None:
-    """The encoded image of an input value (base64 text decoded); None for an array."""
+    """The encoded image of an input value (base64 text decoded); None for an array.
+
+    Bytes that are base64 text are decoded too: MLflow's `inputs` and `instances` request
+    formats hand the text over as bytes. No image format starts with base64 characters only
+    (JPEG begins 0xFF 0xD8, PNG 0x89), so the two cannot be confused."""
     if isinstance(value, str):
         return _from_base64(value, row)
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
+        contents = bytes(value)
+        text = contents.strip()
+        if text and _BASE64_BYTES.issuperset(text):
+            return _from_base64(text.decode("ascii"), row)
+        return contents
     return None
 
 
@@ -207,7 +226,7 @@ def _from_base64(text: str, row: int) -> bytes:
         raise InvalidImage("text is not base64-encoded image bytes", row) from None
 
 
-def registered_as(model_file: Path) -> RegisteredAs | None:
+def registered_as(model_file: Path, model_name: str | None = None) -> RegisteredAs | None:
     """The registered version whose run logged this copy of the model, asked of the
     configured tracking server; None when none is configured, the run was never registered,
     or the registry cannot be reached (the copy still predicts, at its logged threshold)."""
@@ -219,17 +238,19 @@ def registered_as(model_file: Path) -> RegisteredAs | None:
     tracking_uri_set: Callable[[], bool] = mlflow.is_tracking_uri_set
     if mlmodel is None or not tracking_uri_set():
         return None
-    return registered_run(Model.load(str(mlmodel)).run_id)
+    return registered_run(Model.load(str(mlmodel)).run_id, model_name)
 
 
-def registered_run(run_id: str | None) -> RegisteredAs | None:
-    """The newest registered version of a training run's model, from the configured registry."""
+def registered_run(run_id: str | None, model_name: str | None = None) -> RegisteredAs | None:
+    """The newest registered version of a training run's model (under `model_name` when
+    known), from the configured registry."""
     from mlflow import MlflowClient
 
     if not run_id:
         return None
+    query = f"run_id = '{run_id}'" + (f" and name = '{model_name}'" if model_name else "")
     try:
-        found = MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+        found = MlflowClient().search_model_versions(query)
     except MlflowException as error:
         _log.warning("cannot ask the model registry which version this model is: %s", error)
         return None

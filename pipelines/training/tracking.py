@@ -64,7 +64,7 @@ def log_run_inputs(config_params: Mapping[str, Any], data_params: Mapping[str, A
     mlflow.log_params(dict(data_params))
 
 
-def log_result(result: TrainResult, example_image: bytes) -> str:
+def log_result(result: TrainResult, example_image: bytes, model_name: str | None = None) -> str:
     """Log the summary metrics, the learning curve and the model; return the model's URI."""
     best = result.best
     mlflow.log_metrics(
@@ -80,14 +80,20 @@ def log_result(result: TrainResult, example_image: bytes) -> str:
     mlflow.log_figure(figure, "learning_curve.png")
     plt.close(figure)
     return log_classifier(
-        result.model, result.config.image_size, result.config.threshold, example_image
+        result.model, result.config.image_size, result.config.threshold, example_image, model_name
     )
 
 
 def log_classifier(
-    model: keras.Model, image_size: int, threshold: float, example_image: bytes
+    model: keras.Model,
+    image_size: int,
+    threshold: float,
+    example_image: bytes,
+    model_name: str | None = None,
 ) -> str:
-    """Log the Keras model as the pyfunc that serves it, in the active run; return its URI."""
+    """Log the Keras model as the pyfunc that serves it, in the active run; return its URI.
+    `model_name` is the registered model it is meant for: a served copy finds its version
+    there."""
     import pandas as pd
 
     with tempfile.TemporaryDirectory(prefix="cme-model-") as folder:
@@ -97,7 +103,11 @@ def log_classifier(
             name=MODEL_NAME_IN_RUN,
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={KERAS_ARTIFACT: str(keras_file)},
-            model_config={"image_size": image_size, "threshold": threshold},
+            model_config={
+                "image_size": image_size,
+                "threshold": threshold,
+                "registered_model_name": model_name,
+            },
             code_paths=[str(Path(__file__).resolve().parents[1])],
             signature=signature(),
             input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),

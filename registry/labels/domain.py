@@ -240,5 +240,5 @@ class MatchedPrediction:
     lesion_id: str
     dx: str  # current diagnosis (latest label event)
     dx_type: str
-    label_arrived_at: datetime  # images.registered_at: when the label reached the registry
+    label_arrived_at: datetime  # when a label of a listed source first reached the registry
     confirmed_at: datetime  # confirmed_at of the current label event

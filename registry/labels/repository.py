@@ -297,15 +297,27 @@ class LabelRepository:
         current label (of a source in `sources`), oldest first. A prediction of an image the
         registry does not hold (yet) is left out."""
         current = _current_labels().subquery()
-        query: Select[Any] = select(
-            *PredictionRow.__table__.columns,
-            current.c.image_id,
-            current.c.lesion_id,
-            current.c.dx,
-            current.c.dx_type,
-            current.c.registered_at.label("label_arrived_at"),
-            current.c.confirmed_at,
-        ).join(current, current.c.sha256 == PredictionRow.image_sha256)
+        # When a label of a listed source first reached the registry: a consensus label
+        # registered before the prediction and a biopsy result after it is a later label.
+        first = select(
+            LabelEventRow.image_id, func.min(LabelEventRow.recorded_at).label("arrived_at")
+        )
+        if sources:
+            first = first.where(LabelEventRow.dx_type.in_(list(sources)))
+        arrival = first.group_by(LabelEventRow.image_id).subquery()
+        query: Select[Any] = (
+            select(
+                *PredictionRow.__table__.columns,
+                current.c.image_id,
+                current.c.lesion_id,
+                current.c.dx,
+                current.c.dx_type,
+                arrival.c.arrived_at.label("label_arrived_at"),
+                current.c.confirmed_at,
+            )
+            .join(current, current.c.sha256 == PredictionRow.image_sha256)
+            .join(arrival, arrival.c.image_id == current.c.image_id)
+        )
         if sources:
             query = query.where(current.c.dx_type.in_(list(sources)))
         query = _of_model(query, model_name, since).order_by(  # first registered first

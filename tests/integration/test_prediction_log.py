@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from registry.labels import LabelRegistry, LabelRegistryError
+from registry.labels import IntakeRules, LabelRegistry, LabelRegistryError, LabelRepository
 from registry.labels.domain import PredictionRecord
 from registry.labels.repository import _WRITE_LOCK
 from tests.conftest import read_rows
@@ -128,6 +128,26 @@ def test_matching_keeps_only_the_label_sources_asked_for(registry, lab_export, m
     assert len(registry.matched_predictions(model_name)) == len(rows)
 
 
+def test_a_biopsy_after_the_prediction_arrives_then_even_if_the_image_came_earlier(
+    registry, lab_export, model_name
+):
+    rows = read_rows(lab_export / "metadata.csv")
+    consensus = next(r for r in rows if r["dx_type"] == "consensus")
+    import_export(registry, lab_export)  # the image and its consensus label, first
+    predicted_at = datetime.now(UTC)
+    sha256 = image_sha256(lab_export, consensus["image_id"])
+    registry.record_predictions([predicted(model_name, sha256, predicted_at)])
+    before = datetime.now(UTC)
+    registry.relabel(consensus["image_id"], dx=consensus["dx"], dx_type="histo",
+                     reason="excision histopathology", steward="cy")  # fmt: skip
+    after = datetime.now(UTC)
+
+    [match] = registry.matched_predictions(model_name, sources=["histo"])
+    assert predicted_at < before <= match.label_arrived_at <= after
+    [any_source] = registry.matched_predictions(model_name)
+    assert any_source.label_arrived_at < predicted_at  # the consensus label was there before
+
+
 def test_matching_since_a_moment_keeps_the_later_predictions_oldest_first(
     registry, lab_export, model_name
 ):
@@ -160,10 +180,13 @@ def test_the_prediction_log_cannot_be_updated_or_deleted(registry, database_url,
     assert len(registry.predictions(model_name)) == 1
 
 
-def test_recording_predictions_does_not_wait_for_a_label_import(registry, database_url, model_name):
-    if registry.repository.backend != "postgresql":
-        pytest.skip("only PostgreSQL serializes label writes with an advisory lock")
-    engine = create_engine(database_url)
+def test_recording_predictions_does_not_wait_for_a_label_import(
+    postgres_database, image_store, model_name
+):
+    """PostgreSQL only: there, label writes are serialized by an advisory lock."""
+    repository = LabelRepository.open(postgres_database, migrate=True)
+    registry = LabelRegistry(repository, image_store, IntakeRules())
+    engine = create_engine(postgres_database)
     importing = engine.connect()  # holds the label write lock, as an import does
     try:
         importing.begin()
@@ -184,6 +207,7 @@ def test_recording_predictions_does_not_wait_for_a_label_import(registry, databa
     finally:
         importing.close()
         engine.dispose()
+        repository.close()
 
 
 def test_a_naive_or_malformed_prediction_is_refused_whole(registry, model_name):

@@ -47,7 +47,7 @@ from tests.mlflow_server import MlflowServer
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-THRESHOLDS = {"1": 0.5, "2": 0.999}
+LOGGED_THRESHOLD = 0.5  # what each copy was logged with; the registry's tag must win
 START_TIMEOUT_S = 180.0
 
 
@@ -62,6 +62,7 @@ class Clinic:
     models: ModelRegistry
     images: list[Path]
     metadata: Path
+    thresholds: dict[str, float]
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +76,21 @@ def clinic(
             "MLFLOW_TRACKING_URI": mlflow_server.url}  # fmt: skip
     images = sorted((generated_set / "images").glob("*.jpg"))
     models = ModelRegistry.at(mlflow_server.url, name)
-    for version, threshold in THRESHOLDS.items():
-        model_uri, run_id = _untrained_model(mlflow_server.url, int(version), images[0])
-        registered = models.register(model_uri, run_id, {"threshold": str(threshold)})
-        assert registered.version == version
+    for seed in (1, 2):
+        model_uri, run_id = _untrained_model(mlflow_server.url, seed, images[0])
+        registered = models.register(model_uri, run_id, {})
+        assert registered.version == str(seed)
     models.set_alias(CHAMPION, "1")
-    return Clinic(home, env, name, models, images, generated_set / "metadata.csv")
+    clinic = Clinic(home, env, name, models, images, generated_set / "metadata.csv", {})
+    # Version 1 operates at a threshold that calls the first two images differently than
+    # the logged 0.5 would; version 2 at 0.999, so it calls nothing melanoma.
+    first = np.sort(expected_probabilities(clinic, "1", [p.read_bytes() for p in images[:2]]))
+    above = first[first >= LOGGED_THRESHOLD]
+    one = float(above[-1] + 1e-4) if len(above) else float(first[0] - 1e-4)
+    clinic.thresholds.update({"1": one, "2": 0.999})
+    for version, threshold in clinic.thresholds.items():
+        models.set_tags(version, {"threshold": str(threshold)})
+    return clinic
 
 
 def _untrained_model(tracking_uri: str, seed: int, example: Path) -> tuple[str, str]:
@@ -184,9 +194,14 @@ def test_the_served_champion_answers_refuses_bad_input_and_follows_the_alias(cli
         predictions = answer["predictions"]
         expected = expected_probabilities(clinic, "1", contents[:3])
         np.testing.assert_allclose([p["probability"] for p in predictions], expected, rtol=1e-5)
-        assert [p["melanoma"] for p in predictions] == list(expected >= THRESHOLDS["1"])
+        assert [p["melanoma"] for p in predictions] == list(expected >= clinic.thresholds["1"])
         assert {p["model_version"] for p in predictions} == {"1"}
         assert get(url, "/model")[1]["model_version"] == "1"
+        encoded = [base64.b64encode(image).decode() for image in contents[:3]]
+        records = [{"image": text} for text in encoded]
+        for other_format in ({"inputs": {"image": encoded}}, {"dataframe_records": records}):
+            status, again = post(url, json.dumps(other_format).encode())
+            assert status == 200 and again == answer, (other_format.keys(), again)
 
         # Bad input: a clear 4xx naming the row, and the server keeps serving.
         truncated = contents[0][: len(contents[0]) // 2]
@@ -215,7 +230,10 @@ def test_the_served_champion_answers_refuses_bad_input_and_follows_the_alias(cli
 
         def clinical_system() -> None:
             while not stop.is_set():
-                status, answer = post(url, images_request(*contents[4:6]))
+                try:
+                    status, answer = post(url, images_request(*contents[4:6]))
+                except Exception:  # a dropped connection is a dropped request
+                    status, answer = 0, None
                 version = answer["predictions"][0]["model_version"] if status == 200 else None
                 answered.append((status, version))
 
@@ -247,7 +265,7 @@ def test_the_served_champion_answers_refuses_bad_input_and_follows_the_alias(cli
     app = bootstrap(Settings(home=clinic.home))
     labels = app.label_registry()
     logged = labels.predictions(clinic.model_name)
-    assert len(logged) == 3 + 1 + 2 * len(answered) + len(contents)
+    assert len(logged) == 3 * 3 + 1 + 2 * len(answered) + len(contents)  # 3 formats of 3
     assert {record.model_version for record in logged} == {"1", "2"}
     assert all(record.source == "serve" for record in logged)
 
@@ -272,11 +290,13 @@ def test_the_served_champion_answers_refuses_bad_input_and_follows_the_alias(cli
 
 
 def test_cme_predict_and_mlflow_models_serve_answer_as_the_champion(clinic, tmp_path):
+    clinic.models.set_alias(CHAMPION, "1")
     champion = clinic.models.aliased(CHAMPION)
     assert champion is not None
     contents = [path.read_bytes() for path in clinic.images[:2]]
     expected = expected_probabilities(clinic, champion.version, contents)
-    threshold = THRESHOLDS[champion.version]
+    threshold = clinic.thresholds[champion.version]
+    assert list(expected >= threshold) != list(expected >= LOGGED_THRESHOLD)
 
     unreadable = tmp_path / "notes.txt"
     unreadable.write_text("not an image")

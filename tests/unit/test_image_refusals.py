@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipelines.training import pyfunc
-from pipelines.training.pyfunc import ImageTooLarge, InvalidImage, decoded
+from pipelines.training.pyfunc import ImageTooLarge, InvalidImage, ModelFault, decoded
 
 
 def encoded(image: Image.Image, format: str = "JPEG") -> bytes:
@@ -22,7 +22,8 @@ def encoded(image: Image.Image, format: str = "JPEG") -> bytes:
 
 def test_a_readable_image_is_decoded_at_the_model_size():
     jpeg = encoded(Image.new("RGB", (90, 60), (200, 120, 80)))
-    for value in (jpeg, base64.b64encode(jpeg).decode()):
+    # raw bytes; base64 text; base64 text as bytes (MLflow's `inputs` and `instances` formats)
+    for value in (jpeg, base64.b64encode(jpeg).decode(), base64.b64encode(jpeg)):
         image = decoded(value, 32, row=0)
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
         assert abs(int(image[..., 0].mean()) - 200) <= 3
@@ -72,3 +73,14 @@ def test_too_many_bytes_are_refused(monkeypatch):
         ImageTooLarge, match=r"row 0: image of [\d,]+ bytes is over the limit of 1,000"
     ):
         decoded(jpeg, 32, row=0)
+
+
+def test_a_probability_that_is_not_a_number_is_never_an_answer():
+    class Broken:
+        def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+            return np.full((len(batch), 1), np.nan)
+
+    classifier = pyfunc.MelanomaClassifier()
+    classifier._model, classifier.image_size = Broken(), 32
+    with pytest.raises(ModelFault, match="not a number"):
+        classifier.probabilities([encoded(Image.new("RGB", (40, 40)))])
