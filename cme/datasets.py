@@ -248,7 +248,12 @@ def restore_snapshot(app: App, reference: str, target: Path) -> str:
 
 def _versioning(app: App) -> DataVersioning:
     settings = app.settings
-    return DataVersioning(settings.project_dir, settings.data_dir, settings.dvc_remote_url)
+    return DataVersioning(
+        settings.project_dir,
+        settings.data_dir,
+        settings.dvc_remote_url,
+        remote_endpoint=settings.dvc_remote_endpoint,
+    )
 
 
 @contextmanager

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         description="DVC remote for data versions; default $CME_HOME/dvc-remote. "
         "Production: s3://bucket/path or any DVC remote URL.",
     )
+    dvc_remote_endpoint: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible DVC remote (MinIO: http://minio:9000); "
+        "credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.",
+    )
     params_file: Path = Field(default=Path("params.yaml"), description="Tunable parameters.")
     steward: str | None = Field(
         default=None, description="Default steward name for label commands; default $USER."
@@ -47,6 +52,11 @@ class Settings(BaseSettings):
         "artifacts under $CME_HOME/mlartifacts. Production: http://mlflow-server:5000.",
     )
     experiment: str = Field(default="melanoma-retrain", description="MLflow experiment name.")
+    git_commit: str | None = Field(
+        default=None,
+        description="The commit the code was built from, recorded on training runs when the "
+        "project folder is not a git checkout (images: docker build --build-arg GIT_COMMIT).",
+    )
     model_name: str = Field(
         default="melanoma-resnet50", description="Registered model name in MLflow."
     )

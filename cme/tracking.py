@@ -64,13 +64,14 @@ def _is_local(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "databricks"))
 
 
-def git_commit(project_dir: Path) -> tuple[str, bool]:
-    """The commit of the code that runs, and whether the work tree differs from it."""
+def git_commit(project_dir: Path, built_from: str | None = None) -> tuple[str, bool]:
+    """The commit of the code that runs, and whether the work tree differs from it; outside a
+    git checkout (a container image), the commit it was `built_from`."""
     try:
         commit = _git(project_dir, "rev-parse", "HEAD")
         dirty = bool(_git(project_dir, "status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
+        return built_from or "unknown", False
     return commit, dirty
 
 

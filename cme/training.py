@@ -52,7 +52,7 @@ def train(
     manifest = snapshot_manifest(app, snapshot.snapshot_id)
     config = params.train.config()
     use_tracking(app.settings)
-    commit, dirty = git_commit(app.settings.project_dir)
+    commit, dirty = git_commit(app.settings.project_dir, app.settings.git_commit)
     lineage = tracking.Lineage(
         snapshot_id=snapshot.snapshot_id,
         dvc_hash=snapshot.dvc_hash,
@@ -78,7 +78,8 @@ def train(
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         mlflow.set_tags({"precision": result.hardware.precision, "gpus": result.hardware.gpus})
-        model_uri = tracking.log_result(result, _example_image(app, manifest))
+        example = _example_image(app, manifest)
+        model_uri = tracking.log_result(result, example, app.settings.model_name)
         mlflow.set_tag("model_uri", model_uri)  # what `cme evaluate` finds the model by
     return TrainingOutcome(run.info.run_id, model_uri, snapshot, result)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 START_TIMEOUT_S = 90.0
+MLFLOW_ENTRYPOINT = Path(__file__).resolve().parents[1] / "docker" / "mlflow" / "serve.sh"
 STOP_GRACE_S = 10.0
 
 
@@ -78,9 +79,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def start_mlflow_server(folder: Path) -> Iterator[MlflowServer]:
+def start_mlflow_server(
+    folder: Path, basic_auth_admin_password: str | None = None
+) -> Iterator[MlflowServer]:
     """Start `mlflow server` on a free port of 127.0.0.1 with a SQLite store and proxied
-    artifacts under `folder`; yield once GET /health answers; stop it on exit."""
+    artifacts under `folder`; yield once GET /health answers; stop it on exit. With an admin
+    password, the server runs MLflow's basic-auth app (user store under `folder` too), as
+    docker/mlflow/serve.sh configures it: everyone signed in reads, grants decide writes."""
     folder.mkdir(parents=True, exist_ok=True)
     artifacts_dir = folder / "artifacts"
     artifacts_dir.mkdir(exist_ok=True)
@@ -110,6 +115,21 @@ def start_mlflow_server(folder: Path) -> Iterator[MlflowServer]:
     # import MLflow alongside the server, slowing its start, and leave stores in /dev/shm.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    if basic_auth_admin_password is not None:  # the production entrypoint, on SQLite here
+        command = ["sh", str(MLFLOW_ENTRYPOINT)]
+        env |= {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "MLFLOW_HOST": "127.0.0.1",
+            "MLFLOW_PORT": str(port),
+            "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+            "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{folder / 'basic_auth.db'}",
+            "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts_dir),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": basic_auth_admin_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-secret",
+            "MLFLOW_AUTH_CONFIG_DIR": str(folder),
+            "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
+            "MLFLOW_WORKERS": "1",
+        }
     started = time.monotonic()
     with log_file.open("wb") as log:
         process = subprocess.Popen(

@@ -34,6 +34,7 @@ class DataVersioning:
     data_dir: Path
     remote_url: str
     remote_name: str = "cme"
+    remote_endpoint: str | None = None  # an S3-compatible store's URL (MinIO)
 
     @property
     def pointer_file(self) -> Path:
@@ -97,6 +98,8 @@ class DataVersioning:
 
     def _configure(self, repo: Any) -> None:
         remote = {"url": self.remote_url}
+        if self.remote_endpoint:
+            remote["endpointurl"] = self.remote_endpoint
         local = repo.config.read("local")
         if local.get("remote", {}).get(self.remote_name) != remote:
             with repo.config.edit(level="local") as config:
