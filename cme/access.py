@@ -104,6 +104,25 @@ class RegistryAccess:
         self._client.create_user(account.username, account.password)
         return True
 
+    def ensure_registered_model(self, name: str) -> bool:
+        """Create the registered model as the admin unless it exists: whoever creates one
+        manages it, so it must not be left for the first signed-in user to claim."""
+        return self._create("/api/2.0/mlflow/registered-models/create", {"name": name})
+
+    def ensure_experiment(self, name: str) -> bool:
+        return self._create("/api/2.0/mlflow/experiments/create", {"name": name})
+
+    def _create(self, endpoint: str, body: dict[str, str]) -> bool:
+        from mlflow.exceptions import RestException
+
+        try:
+            self._client._request(endpoint, "POST", json=body)
+        except RestException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return False
+        return True
+
     def role(self, name: str) -> Any | None:
         return next((r for r in self._client.list_roles(WORKSPACE) if r.name == name), None)
 
@@ -134,11 +153,16 @@ _ROLE_PURPOSE = {
 
 
 def set_up_registry_access(
-    tracking_uri: str, model_name: str, settings: AccessSettings
+    tracking_uri: str, model_name: str, experiment: str, settings: AccessSettings
 ) -> Iterator[str]:
-    """Create the roles, the service accounts and the first reviewer; yield what was done."""
+    """Create the registered model, the experiment, the roles, the service accounts and the
+    first reviewer; yield what was done."""
     admin = Account(settings.admin_username, settings.admin_password.get_secret_value())
     access = RegistryAccess(tracking_uri, admin)
+    created = access.ensure_registered_model(model_name)
+    yield f"registered model {model_name}: {'created' if created else 'exists'}"
+    created = access.ensure_experiment(experiment)
+    yield f"experiment {experiment}: {'created' if created else 'exists'}"
     roles = {
         name: access.ensure_role(name, [g for g in grants(model_name) if g.role == name])
         for name in (PIPELINE_ROLE, REVIEWER_ROLE)

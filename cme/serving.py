@@ -26,6 +26,7 @@ from cme.bootstrap import App
 from registry.labels.domain import PredictionRecord
 from registry.labels.service import utc_now
 from registry.models import CHAMPION, ModelRegistry
+from registry.promotion import ChampionLifecycle
 
 if TYPE_CHECKING:
     from registry.labels import LabelRegistry
@@ -249,6 +250,9 @@ class ChampionFollower:
     _current: ServedModel | None = field(default=None, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
+    vouch: Callable[[str], bool] | None = None
+    """Whether a version may serve (the champion of record, or one the alias guard accepts):
+    a champion alias moved by hand to anything else is not followed."""
     last_error: str | None = field(default=None, init=False)
     """Why the last attempt to follow the alias failed; None once it succeeds again."""
 
@@ -263,16 +267,15 @@ class ChampionFollower:
         """Load the aliased version if it is not the one serving; True when it swapped."""
         target = self.models.aliased(self.alias)
         if target is None:
-            if self._current is None:
-                raise NoModelToServe(
-                    f"{self.models.model_name} has no version with alias {self.alias!r} yet: "
-                    "run the weekly retrain (cme retrain) and approve a challenger"
-                )
-            _log.warning("alias %r points at no version; still serving version %s",
-                         self.alias, self._current.version)  # fmt: skip
-            return False
+            return self._keep(f"alias {self.alias!r} points at no version")
         if self._current is not None and self._current.version == target.version:
+            self.last_error = None
             return False
+        if self.vouch is not None and not self.vouch(target.version):
+            return self._keep(
+                f"alias {self.alias!r} points at version {target.version}, which neither the "
+                "audit trail nor the gate and review back (moved by hand?)"
+            )
         copy = self.load(f"models:/{self.models.model_name}/{target.version}")
         # The registry's word on what this is: the aliased version, at the operating
         # threshold its evaluation chose, whatever the copy found out for itself.
@@ -283,9 +286,22 @@ class ChampionFollower:
             threshold=float(threshold) if threshold is not None else copy.threshold,
         )
         previous, self._current = self._current, loaded
+        self.last_error = None
         _log.info("now serving %s version %s (alias %s; was %s)", self.models.model_name,
                   loaded.version, self.alias, previous.version if previous else "none")  # fmt: skip
         return True
+
+    def _keep(self, why: str) -> bool:
+        """Keep serving what is loaded, saying why; with nothing loaded, there is nothing to
+        serve."""
+        if self._current is None:
+            raise NoModelToServe(
+                f"{self.models.model_name}: {why}. Nothing to serve: run the weekly retrain "
+                "(cme retrain) and approve a challenger"
+            )
+        self.last_error = f"{why}; still serving version {self._current.version}"
+        _log.warning("%s", self.last_error)
+        return False
 
     def start(self) -> None:
         self.check()
@@ -306,7 +322,6 @@ class ChampionFollower:
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.check()
-                self.last_error = None
             except Exception as error:  # the registry or a download failed: keep serving
                 self.last_error = f"{type(error).__name__}: {error}"[:500]
                 _log.exception("could not follow alias %r; still serving version %s",
@@ -337,7 +352,10 @@ def model_source(app: App, model_uri: str | None, alias: str, poll_seconds: floa
     if model_uri is not None:
         return FixedModel(load_served_model(model_uri))
     models = ModelRegistry.at(app.settings.mlflow_tracking_uri, app.settings.model_name)
-    return ChampionFollower(models, alias, poll_seconds=poll_seconds)
+    vouch = None
+    if alias == CHAMPION:
+        vouch = ChampionLifecycle(models, app.label_registry().repository).may_serve
+    return ChampionFollower(models, alias, poll_seconds=poll_seconds, vouch=vouch)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,9 @@
 FROM tensorflow/tensorflow:2.21.0-gpu
 
 ARG UV_VERSION=0.13.9
-ARG GIT_COMMIT=unknown
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    CME_GIT_COMMIT=$GIT_COMMIT \
     CME_PROJECT_DIR=/opt/cme \
     CME_PARAMS_FILE=/opt/cme/params.yaml
 
@@ -36,6 +34,10 @@ COPY params.yaml dvc.yaml prefect.yaml ./
 RUN python3 -m pip install --no-deps . \
     && mkdir -p /opt/cme/data /opt/cme/.cme \
     && chown -R cme:cme /opt/cme
+
+# Last: a new commit changes only this layer, never the dependency layers above.
+ARG GIT_COMMIT=unknown
+ENV CME_GIT_COMMIT=$GIT_COMMIT
 
 USER cme
 EXPOSE 8080

@@ -7,13 +7,11 @@
 FROM python:3.11.11-slim-bookworm
 
 ARG UV_VERSION=0.13.9
-ARG GIT_COMMIT=unknown
 ENV PYTHONUNBUFFERED=1 \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PROJECT_ENVIRONMENT=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
-    CME_GIT_COMMIT=$GIT_COMMIT \
     CME_PROJECT_DIR=/opt/cme \
     CME_PARAMS_FILE=/opt/cme/params.yaml
 
@@ -33,6 +31,10 @@ COPY params.yaml dvc.yaml prefect.yaml ./
 RUN uv sync --locked --no-dev --no-editable \
     && mkdir -p /opt/cme/data /opt/cme/.cme /srv/inbox \
     && chown -R cme:cme /opt/cme /srv/inbox
+
+# Last: a new commit changes only this layer, never the dependency layers above.
+ARG GIT_COMMIT=unknown
+ENV CME_GIT_COMMIT=$GIT_COMMIT
 
 USER cme
 EXPOSE 8080

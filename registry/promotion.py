@@ -254,6 +254,12 @@ class ChampionLifecycle:
         last = self._last_champion_change()
         return last.champion_after if last is not None else None
 
+    def may_serve(self, version: str) -> bool:
+        """Whether `version` is the champion of record, or one the alias guard would accept
+        as champion (passed the gate, and the review where the policy asks for one)."""
+        expected = self.expected_champion()
+        return version == expected or self._is_valid_candidate(version, expected)
+
     def pending_approval(self) -> list[ModelVersion]:
         """Versions the gate passed that await (or just got) a reviewer's verdict."""
         reviewed = {

@@ -19,7 +19,8 @@ app = typer.Typer(help="Accounts and roles on an MLflow server run with --app-na
 
 @app.command("init")
 def init() -> None:
-    """Create the cme-pipeline and cme-reviewer roles, the pipeline's service account, the
+    """Create the registered model and the experiment (as the admin, so that nobody else
+    owns them), the cme-pipeline and cme-reviewer roles, the pipeline's service account, the
     read-only serving account and the first reviewer (from CME_*_MLFLOW_USERNAME/PASSWORD),
     signed in as MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD. Idempotent."""
     from cme.access import set_up_registry_access
@@ -28,9 +29,10 @@ def init() -> None:
     settings = Settings()
     access = _access_settings()
     with _registry_errors(settings.mlflow_tracking_uri):
-        for line in set_up_registry_access(
-            settings.mlflow_tracking_uri, settings.model_name, access
-        ):
+        lines = set_up_registry_access(
+            settings.mlflow_tracking_uri, settings.model_name, settings.experiment, access
+        )
+        for line in lines:
             typer.echo(line)
 
 

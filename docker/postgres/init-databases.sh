@@ -2,7 +2,8 @@
 # The databases and roles of a cme installation, on a fresh PostgreSQL. The postgres image
 # runs it once, on an empty data volume (/docker-entrypoint-initdb.d); run it by hand the
 # same way against any server (PGHOST, POSTGRES_USER: a role that may create roles and
-# databases). Idempotent: it creates only what is missing and sets the grants again.
+# databases, e.g. a managed server's admin). Idempotent: it creates only what is missing,
+# sets the passwords and the grants again (so it also rotates the passwords).
 #
 #   CME_DB_NAME     the label registry (owner: CME_DB_OWNER, who runs `cme db upgrade`;
 #                   the workers connect as CME_DB_USER: rows only, no DDL)
@@ -30,8 +31,7 @@ sql --dbname "${POSTGRES_DB:-postgres}" \
 SELECT format('CREATE ROLE %I LOGIN', name) FROM (VALUES (:'owner'), (:'app'), (:'mlflow'),
     (:'prefect')) AS wanted(name)
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) \gexec
-SELECT format('ALTER ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L',
-              name, secret)
+SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', name, secret)
 FROM (VALUES (:'owner', :'owner_password'), (:'app', :'app_password'),
              (:'mlflow', :'mlflow_password'), (:'prefect', :'prefect_password'))
      AS wanted(name, secret) \gexec
@@ -40,6 +40,12 @@ SELECT format('CREATE DATABASE %I OWNER %I', db, owner)
 FROM (VALUES (:'cme_db', :'owner'), (:'mlflow_db', :'mlflow'),
              (:'mlflow_auth_db', :'mlflow'), (:'prefect_db', :'prefect')) AS wanted(db, owner)
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = db) \gexec
+-- A database that existed before (created by hand, another owner) is handed over too;
+-- tables created by an earlier owner need `REASSIGN OWNED BY old TO owner` once.
+SELECT format('ALTER DATABASE %I OWNER TO %I', db, owner)
+FROM (VALUES (:'cme_db', :'owner'), (:'mlflow_db', :'mlflow'),
+             (:'mlflow_auth_db', :'mlflow'), (:'prefect_db', :'prefect')) AS wanted(db, owner)
+\gexec
 
 -- Nobody but a database's owner connects to it, except the label registry's app user.
 SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', db)

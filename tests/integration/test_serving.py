@@ -41,7 +41,9 @@ from cme.settings import Settings
 from pipelines.training.config import TrainConfig
 from pipelines.training.model import build_classifier
 from pipelines.training.tracking import log_classifier
-from registry.models import CHAMPION, ModelRegistry
+from registry.labels import LabelRepository
+from registry.models import CHALLENGER, CHAMPION, ModelRegistry
+from registry.promotion import ChampionLifecycle, GateRecord
 from tests.mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -59,7 +61,7 @@ class Clinic:
     home: Path
     env: dict[str, str]
     model_name: str
-    models: ModelRegistry
+    lifecycle: ChampionLifecycle
     images: list[Path]
     metadata: Path
     thresholds: dict[str, float]
@@ -68,29 +70,32 @@ class Clinic:
 @pytest.fixture(scope="module")
 def clinic(
     mlflow_server: MlflowServer, generated_set: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Clinic:
+) -> Iterator[Clinic]:
     home = tmp_path_factory.mktemp("clinic")
     name = f"melanoma-serving-{uuid.uuid4().hex[:8]}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("CME_")}
     env |= {"CME_HOME": str(home), "CME_MODEL_NAME": name,
             "MLFLOW_TRACKING_URI": mlflow_server.url}  # fmt: skip
     images = sorted((generated_set / "images").glob("*.jpg"))
-    models = ModelRegistry.at(mlflow_server.url, name)
-    for seed in (1, 2):
-        model_uri, run_id = _untrained_model(mlflow_server.url, seed, images[0])
-        registered = models.register(model_uri, run_id, {})
-        assert registered.version == str(seed)
-    models.set_alias(CHAMPION, "1")
-    clinic = Clinic(home, env, name, models, images, generated_set / "metadata.csv", {})
+    logged = [_untrained_model(mlflow_server.url, seed, images[0]) for seed in (1, 2)]
     # Version 1 operates at a threshold that calls the first two images differently than
     # the logged 0.5 would; version 2 at 0.999, so it calls nothing melanoma.
-    first = np.sort(expected_probabilities(clinic, "1", [p.read_bytes() for p in images[:2]]))
+    first = np.sort(probabilities_of(env, logged[0][0], [p.read_bytes() for p in images[:2]]))
     above = first[first >= LOGGED_THRESHOLD]
-    one = float(above[-1] + 1e-4) if len(above) else float(first[0] - 1e-4)
-    clinic.thresholds.update({"1": one, "2": 0.999})
-    for version, threshold in clinic.thresholds.items():
-        models.set_tags(version, {"threshold": str(threshold)})
-    return clinic
+    thresholds = {"1": float(above[-1] + 1e-4) if len(above) else float(first[0] - 1e-4),
+                  "2": 0.999}  # fmt: skip
+    trail = LabelRepository.open(f"sqlite:///{home / 'labels.db'}", migrate=True)
+    lifecycle = ChampionLifecycle(ModelRegistry.at(mlflow_server.url, name), trail)
+    for (model_uri, run_id), (version, threshold) in zip(logged, thresholds.items(), strict=True):
+        record = GateRecord(model_uri, run_id, promote=True, needs_approval=True,
+                            summary="every rule passed", tags={"threshold": str(threshold)},
+                            evidence={"decision": {"promote": True}})  # fmt: skip
+        lifecycle.register_challenger(record, "test")
+        assert lifecycle.models.aliased(CHALLENGER).version == version
+        if version == "1":  # the first champion, as a reviewer makes it; 2 is judged against it
+            lifecycle.approve("1", "reviewer")
+    yield Clinic(home, env, name, lifecycle, images, generated_set / "metadata.csv", thresholds)
+    trail.close()
 
 
 def _untrained_model(tracking_uri: str, seed: int, example: Path) -> tuple[str, str]:
@@ -163,17 +168,24 @@ def images_request(*contents: bytes) -> bytes:
     return json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
 
 
+def probabilities_of(env: dict[str, str], model_uri: str, images: list[bytes]) -> np.ndarray:
+    return _answers(env, model_uri, images)["probability"].to_numpy()
+
+
 def expected_probabilities(clinic: Clinic, version: str, images: list[bytes]) -> np.ndarray:
+    answers = _answers(clinic.env, f"models:/{clinic.model_name}/{version}", images)
+    assert set(answers["model_version"]) == {version}  # the copy knows the version it is
+    return answers["probability"].to_numpy()
+
+
+def _answers(env: dict[str, str], model_uri: str, images: list[bytes]) -> pd.DataFrame:
     earlier = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(clinic.env["MLFLOW_TRACKING_URI"])
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{clinic.model_name}/{version}")
-        answers = model.predict(pd.DataFrame({"image": images}))
+        return mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"image": images}))
     finally:
         mlflow.set_tracking_uri(earlier)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-    assert set(answers["model_version"]) == {version}  # the copy knows the version it is
-    return answers["probability"].to_numpy()
 
 
 def cme(clinic: Clinic, *args: str) -> subprocess.CompletedProcess[str]:
@@ -240,7 +252,7 @@ def test_the_served_champion_answers_refuses_bad_input_and_follows_the_alias(cli
         caller = threading.Thread(target=clinical_system)
         caller.start()
         time.sleep(2)
-        clinic.models.set_alias(CHAMPION, "2")
+        clinic.lifecycle.approve("2", "reviewer")  # promoted: the champion alias moves to 2
         deadline = time.monotonic() + 120
         while not answered or answered[-1][1] != "2":
             assert time.monotonic() < deadline, answered[-5:]
@@ -290,8 +302,9 @@ def test_the_served_champion_answers_refuses_bad_input_and_follows_the_alias(cli
 
 
 def test_cme_predict_and_mlflow_models_serve_answer_as_the_champion(clinic, tmp_path):
-    clinic.models.set_alias(CHAMPION, "1")
-    champion = clinic.models.aliased(CHAMPION)
+    if clinic.lifecycle.expected_champion() == "2":  # after the alias test, on this worker
+        clinic.lifecycle.rollback("test", "back to version 1")
+    champion = clinic.lifecycle.models.aliased(CHAMPION)
     assert champion is not None
     contents = [path.read_bytes() for path in clinic.images[:2]]
     expected = expected_probabilities(clinic, champion.version, contents)

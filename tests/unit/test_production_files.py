@@ -172,15 +172,26 @@ def test_the_mlflow_image_serves_the_locked_mlflow_with_basic_auth_on_postgres_a
 def test_every_setting_the_code_reads_is_set_for_every_service_that_runs_it():
     read_by_cme = env_names(Settings) | {
         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",  # the MLflow client's sign-in
-        "PREFECT_API_URL", "PREFECT_API_AUTH_STRING",
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # the DVC remote on MinIO
-        "CME_LOG_LEVEL",
+        "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "CME_LOG_LEVEL",
     }  # fmt: skip
     for name in RUNS_CME:
         missing = read_by_cme - set(SERVICES[name]["environment"])
         assert not missing, f"{name} does not set {sorted(missing)}"
     missing = env_names(AccessSettings) - set(SERVICES["init"]["environment"])
     assert not missing, f"init does not set {sorted(missing)}"
+
+
+def test_only_the_workers_hold_storage_keys_and_only_their_own():
+    dvc_keys = {"AWS_ACCESS_KEY_ID": "${CME_DVC_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY":
+                "${CME_DVC_SECRET_KEY"}  # fmt: skip
+    for name in RUNS_CME:
+        environment = SERVICES[name]["environment"]
+        if name.startswith("worker-"):  # they version data on the DVC remote
+            for key, source in dvc_keys.items():
+                assert environment[key].startswith(source), (name, key)
+        else:
+            assert not set(dvc_keys) & set(environment), f"{name} holds storage keys"
+        assert not any("MINIO_ROOT" in str(value) for value in environment.values()), name
 
 
 def test_secrets_come_only_from_the_env_file():
@@ -212,3 +223,13 @@ def test_the_scripts_parse(shell, script):
     done = subprocess.run([shell, "-n", script], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
+
+
+def test_the_database_service_gets_every_name_and_password_its_init_script_reads():
+    script = (DOCKER / "postgres" / "init-databases.sh").read_text()
+    read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", script))
+    assert read - set(SERVICES["postgres"]["environment"]) == set()
+    mounted = [v for v in SERVICES["postgres"]["volumes"] if "init-databases.sh" in v]
+    assert mounted == [
+        "./postgres/init-databases.sh:/docker-entrypoint-initdb.d/10-cme-databases.sh:ro"
+    ]

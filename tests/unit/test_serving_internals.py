@@ -57,8 +57,23 @@ def test_the_follower_serves_the_aliased_version_at_its_tagged_threshold():
 
 def test_without_a_champion_there_is_nothing_to_serve():
     follower = ChampionFollower(Registry(), "champion", load=copy_of)
-    with pytest.raises(NoModelToServe, match="no version with alias 'champion' yet"):
+    with pytest.raises(NoModelToServe, match="alias 'champion' points at no version"):
         follower.start()
+
+
+def test_a_champion_alias_moved_by_hand_to_an_unbacked_version_is_not_followed():
+    registry = Registry(points_at={"champion": version("3", "0.4")})
+    backed = {"3"}
+    follower = ChampionFollower(registry, "champion", load=copy_of, vouch=backed.__contains__)
+    follower.check()
+    registry.points_at["champion"] = version("5", "0.4")  # set in the UI, not promoted
+
+    assert follower.check() is False
+    assert follower.current.version == "3"
+    assert "version 5, which neither the audit trail nor the gate" in follower.last_error
+    backed.add("5")  # the promotion flow accepted it
+    assert follower.check() is True and follower.current.version == "5"
+    assert follower.last_error is None
 
 
 def test_a_failed_download_or_registry_keeps_the_version_serving_and_says_why():
