@@ -50,7 +50,13 @@ def test_the_model_memorizes_one_batch(tmp_path):
 
     assert losses[-1] < 0.25 * losses[0], losses
     assert losses[-1] < 0.1
-    # and inference (batch-norm moving statistics, as in validation and serving) agrees
+    # and inference (batch-norm moving statistics, as in validation and serving) agrees once
+    # the weights settle, as they do in fine-tuning at a low rate. Right after steps at 1e-3
+    # the statistics trail the weights: the gap then depends on the initial weights (from
+    # 0.0 to 0.7 of the first loss across seeds and across runs of one seed on CPU).
+    model.optimizer.learning_rate.assign(1e-4)
+    for _ in range(30):
+        model.train_on_batch(images, labels)
     inference_loss = float(model.evaluate(images, labels, verbose=0)[0])
     assert inference_loss < 0.25 * losses[0], (inference_loss, losses[0])
 
