@@ -104,6 +104,10 @@ class RegistryAccess:
         self._client.create_user(account.username, account.password)
         return True
 
+    @classmethod
+    def as_admin(cls, tracking_uri: str, settings: AccessSettings) -> RegistryAccess:
+        return cls(tracking_uri, _account(settings.admin_username, settings.admin_password))
+
     def ensure_registered_model(self, name: str) -> bool:
         """Create the registered model as the admin unless it exists: whoever creates one
         manages it, so it must not be left for the first signed-in user to claim."""
@@ -157,8 +161,7 @@ def set_up_registry_access(
 ) -> Iterator[str]:
     """Create the registered model, the experiment, the roles, the service accounts and the
     first reviewer; yield what was done."""
-    admin = Account(settings.admin_username, settings.admin_password.get_secret_value())
-    access = RegistryAccess(tracking_uri, admin)
+    access = RegistryAccess.as_admin(tracking_uri, settings)
     created = access.ensure_registered_model(model_name)
     yield f"registered model {model_name}: {'created' if created else 'exists'}"
     created = access.ensure_experiment(experiment)
@@ -177,8 +180,7 @@ def set_up_registry_access(
 
 def add_reviewer(tracking_uri: str, settings: AccessSettings, reviewer: Account) -> bool:
     """A reviewer account (created unless it exists) in the reviewer role."""
-    admin = Account(settings.admin_username, settings.admin_password.get_secret_value())
-    access = RegistryAccess(tracking_uri, admin)
+    access = RegistryAccess.as_admin(tracking_uri, settings)
     role = access.role(REVIEWER_ROLE)
     if role is None:
         raise AccessNotSetUp(f"no role {REVIEWER_ROLE!r} on {tracking_uri}: run `cme access init`")
