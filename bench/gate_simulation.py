@@ -49,6 +49,7 @@ from cme.params import Params, load_params
 from pipelines.evaluation.evaluate import EvaluationSettings, ScoredModel, evaluate_on_test_set
 from pipelines.evaluation.report import EvaluationReport
 from pipelines.gate import Decision, GatePolicy, decide
+from pipelines.monitoring import wilson_interval
 
 # HAM10000 (10,015 images, 7,470 lesions), counted from its metadata.csv: lesions by number
 # of images, melanoma and not, five and six images folded into four (10 lesions).
@@ -277,14 +278,10 @@ def _replicate_many(
     return [replicate(design, challenger_auc, policy, settings, seed, i) for i in indices]
 
 
-def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95% by default)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def wilson(hits: int, n: int) -> tuple[float, float]:
+    """Wilson score interval of a proportion, 95%."""
+    rate = wilson_interval(hits, n, 0.95)
+    return (0.0, 1.0) if rate.low is None or rate.high is None else (rate.low, rate.high)
 
 
 def rate_text(hits: int, n: int) -> str:
