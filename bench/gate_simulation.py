@@ -67,7 +67,6 @@ LOCALIZATION = {
 }  # fmt: skip
 AGE_MEAN, AGE_SD, AGE_MISSING = 51.7, 16.0, 0.007
 THRESHOLD = 0.5
-Z95 = float(stats.norm.ppf(0.975))
 
 
 @dataclass(frozen=True)
