@@ -479,6 +479,17 @@ class LabelRepository:
                 connection, sorted(set(connection.execute(lesions).scalars()))
             )
 
+    def refresh_planner_statistics(self) -> None:
+        """Give the query planner the row counts of the label tables after a bulk intake.
+        Until autovacuum comes round, PostgreSQL plans for the nearly empty tables it last
+        measured, and reading the current labels as a cursor then joins 10,000 label events
+        to 10,000 others in a nested loop (3 s instead of 30 ms). SQLite is told the same.
+        Without owner rights PostgreSQL skips the tables with a warning, and planning is as
+        before."""
+        with self._writing() as connection:
+            for table in _LABEL_TABLES:
+                connection.execute(text(f"ANALYZE {table}"))
+
     def _quarantine(
         self, connection: Connection, rejections: Sequence[Rejection], now: datetime
     ) -> int:
@@ -513,6 +524,14 @@ class LabelRepository:
                 if writer.dialect.name == "postgresql":
                     writer.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK})
                 yield writer
+
+
+_LABEL_TABLES = (
+    LesionRow.__tablename__,
+    ImageRow.__tablename__,
+    LabelEventRow.__tablename__,
+    LesionSplitRow.__tablename__,
+)
 
 
 def _create_engine(url: str) -> Engine:

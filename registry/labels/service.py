@@ -53,6 +53,7 @@ from registry.labels.repository import (
 
 Clock = Callable[[], datetime]
 _ATTEMPTS = 3  # a batch that lost a race with another writer is decided again
+_BULK_INTAKE = 500  # images registered by one import that call for fresh planner statistics
 
 
 def utc_now() -> datetime:
@@ -121,6 +122,8 @@ class LabelRegistry:
             self._take_in(
                 chunk, _Submission(images_dir, conflicts, steward, source, "import"), summary
             )
+        if summary.registered >= _BULK_INTAKE:
+            self.repository.refresh_planner_statistics()
         return summary
 
     def add_image(
