@@ -125,6 +125,9 @@ class TrainParams(_Section):
     head_learning_rate: float = Field(default=1e-3, gt=0)
     epochs: int = Field(default=10, ge=0)
     learning_rate: float = Field(default=1e-5, gt=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, lt=1)
     patience: int = Field(default=3, ge=1)
     imbalance: Literal["class_weight", "oversample", "none"] = "class_weight"
     augmentation: bool = True

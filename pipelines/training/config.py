@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 Imbalance = Literal["class_weight", "oversample", "none"]
 MixedPrecision = Literal["auto", "on", "off"]
+Schedule = Literal["constant", "cosine"]
 
 IMAGENET = "imagenet"
 NO_WEIGHTS = "none"
@@ -44,6 +45,9 @@ class TrainConfig:
     head_learning_rate: float = 1e-3
     epochs: int = 10
     learning_rate: float = 1e-5
+    schedule: Schedule = "constant"  # learning rate over each phase
+    warmup_epochs: int = 0  # cosine only: linear rise from 0 to the phase's rate first
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay
     patience: int = 3
     imbalance: Imbalance = "class_weight"
     augmentation: Augmentation = Augmentation()
@@ -63,6 +67,11 @@ class TrainConfig:
             raise TrainConfigError(
                 "train.weights=none trains ResNet50 from scratch, so every layer must learn: "
                 "set train.unfreeze_from=all"
+            )
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise TrainConfigError(
+                "train.warmup_epochs only applies to train.schedule=cosine: set both, or "
+                "train.warmup_epochs=0"
             )
         if self.head_epochs + self.epochs < 1:
             raise TrainConfigError("train.head_epochs + train.epochs must be at least 1")

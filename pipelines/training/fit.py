@@ -28,11 +28,13 @@ from pipelines.dataset.tfdata import (
 )
 from pipelines.training.config import TrainConfig, TrainingDataError
 from pipelines.training.model import (
+    LearningRate,
     build_classifier,
     compile_classifier,
     dtype_policy,
     float32_copy,
     freeze_base,
+    phase_learning_rate,
     resolve_weights,
     unfreeze_from,
 )
@@ -126,7 +128,8 @@ def train_classifier(
     best: float | None = None
     for phase, epochs, learning_rate in _phases(config):
         with strategy.scope():
-            _prepare_phase(model, phase, learning_rate, config)
+            rate = phase_learning_rate(learning_rate, epochs, train_batches.steps, config)
+            _prepare_phase(model, phase, rate, config)
         recorder.phase = phase
         fit_callbacks = [recorder, *callbacks]
         best = _fit_phase(
@@ -139,13 +142,13 @@ def train_classifier(
 
 
 def _prepare_phase(
-    model: keras.Model, phase: str, learning_rate: float, config: TrainConfig
+    model: keras.Model, phase: str, learning_rate: LearningRate, config: TrainConfig
 ) -> None:
     if phase == "head":
         freeze_base(model)
     else:
         unfreeze_from(model, config.unfreeze_from)
-    compile_classifier(model, learning_rate, config.threshold)
+    compile_classifier(model, learning_rate, config.threshold, weight_decay=config.weight_decay)
 
 
 def _class_weight(config: TrainConfig, train: LabelledFiles) -> dict[int, float] | None:

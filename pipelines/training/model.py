@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import keras
 
@@ -145,11 +145,40 @@ def unfreeze_from(model: keras.Model, block: str) -> None:
         layer.trainable = index >= first
 
 
+LearningRate: TypeAlias = float | keras.optimizers.schedules.LearningRateSchedule
+
+
+def phase_learning_rate(
+    peak: float, epochs: int, steps_per_epoch: int, config: TrainConfig
+) -> LearningRate:
+    """The learning rate over one phase: constant, or a cosine decay from `peak` to 0
+    after `warmup_epochs` of linear rise (from scratch, a high constant rate keeps
+    validation swinging from epoch to epoch; annealing lets the weights settle)."""
+    if config.schedule == "constant":
+        return peak
+    warmup_steps = min(config.warmup_epochs, epochs - 1) * steps_per_epoch
+    decay_steps = max(1, epochs * steps_per_epoch - warmup_steps)
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps, warmup_target=peak, warmup_steps=warmup_steps
+    )
+
+
 def compile_classifier(
-    model: keras.Model, learning_rate: float, threshold: float, jit_compile: bool | str = False
+    model: keras.Model,
+    learning_rate: LearningRate,
+    threshold: float,
+    jit_compile: bool | str = False,
+    weight_decay: float = 0.0,
 ) -> None:
+    optimizer = (
+        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        if weight_decay > 0
+        else keras.optimizers.Adam(learning_rate)
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(),
         metrics=[
             keras.metrics.AUC(name="auc"),

@@ -17,6 +17,7 @@ from pipelines.training.model import (
     build_classifier,
     compile_classifier,
     freeze_base,
+    phase_learning_rate,
     resnet_base,
     resolve_weights,
     unfreeze_from,
@@ -136,3 +137,32 @@ def test_class_weights_make_both_classes_count_equally():
     weights = balanced_class_weight(labels)
     assert weights[1] * 1 == pytest.approx(weights[0] * 7)
     assert weights[0] * 7 + weights[1] * 1 == pytest.approx(len(labels))
+
+
+def test_a_cosine_schedule_rises_over_the_warm_up_then_anneals_to_zero():
+    config = TrainConfig(weights="none", unfreeze_from="all", schedule="cosine", warmup_epochs=1)
+    rate = phase_learning_rate(1e-3, epochs=5, steps_per_epoch=10, config=config)
+
+    at = [float(rate(step)) for step in (0, 5, 10, 30, 50)]
+
+    assert at[0] == pytest.approx(0.0)
+    assert at[1] == pytest.approx(5e-4)  # halfway up the warm-up
+    assert at[2] == pytest.approx(1e-3)  # the peak, once the warm-up is over
+    assert at[2] > at[3] > at[4]
+    assert at[4] == pytest.approx(0.0, abs=1e-9)  # the phase ends annealed
+
+
+def test_a_constant_schedule_keeps_the_phase_rate_and_weight_decay_picks_adamw():
+    constant = phase_learning_rate(1e-5, epochs=5, steps_per_epoch=10, config=TrainConfig())
+    assert constant == 1e-5
+    model = build_classifier(SCRATCH, weights_file=None)
+    compile_classifier(model, 1e-3, threshold=0.5, weight_decay=0.05)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert model.optimizer.weight_decay == pytest.approx(0.05)
+
+
+def test_a_warm_up_without_a_cosine_schedule_is_refused(tmp_path):
+    with pytest.raises(ParamsError, match=r"warmup_epochs only applies to train\.schedule=cosine"):
+        load_params(tmp_path / "params.yaml", ["train.warmup_epochs=2"]).train.config()
+    with pytest.raises(ParamsError, match=r"train\.schedule"):
+        load_params(tmp_path / "params.yaml", ["train.schedule=step"])
