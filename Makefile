@@ -26,7 +26,8 @@ demo: setup ## Three weeks on generated images through the real flows: inbox, re
 # on a GPU worker with internet for the real recipe.
 BACKTEST_WEEKS ?= 4
 BACKTEST_TRAIN ?= -S train.weights=none -S train.unfreeze_from=all -S train.image_size=64 \
-	-S train.epochs=4 -S train.learning_rate=0.001 -S evaluate.target_sensitivity=0.9
+	-S train.epochs=4 -S train.learning_rate=0.001 -S train.schedule=cosine \
+	-S train.weight_decay=0.05 -S evaluate.target_sensitivity=0.9
 backtest: setup ## Replay ../shared/data/ham10000 as weekly arrivals; report under .cme/backtest/<time>/report.
 	$(UV) run --locked cme backtest --data $(HAM10000) --weeks $(BACKTEST_WEEKS) --first-week-share 0.4 \
 		--out .cme/backtest/$$(date +%Y%m%dT%H%M%S) $(BACKTEST_TRAIN)
