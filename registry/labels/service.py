@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from registry.labels.domain import (
 from registry.labels.errors import (
     ConcurrentChange,
     LesionConflict,
+    RegistryUnavailable,
     RejectedSubmission,
     UnknownImage,
     UnknownSnapshot,
@@ -50,6 +52,8 @@ from registry.labels.repository import (
     Rejection,
     Relabel,
 )
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 _ATTEMPTS = 3  # a batch that lost a race with another writer is decided again
@@ -123,8 +127,15 @@ class LabelRegistry:
                 chunk, _Submission(images_dir, conflicts, steward, source, "import"), summary
             )
         if summary.registered >= _BULK_INTAKE:
-            self.repository.refresh_planner_statistics()
+            self._refresh_planner_statistics()
         return summary
+
+    def _refresh_planner_statistics(self) -> None:
+        """Only a speed-up: the import is written whatever happens here."""
+        try:
+            self.repository.refresh_planner_statistics()
+        except RegistryUnavailable as error:
+            log.warning("planner statistics not refreshed after the import: %s", error)
 
     def add_image(
         self,
