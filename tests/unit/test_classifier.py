@@ -152,13 +152,12 @@ def test_a_cosine_schedule_rises_over_the_warm_up_then_anneals_to_zero():
     assert at[4] == pytest.approx(0.0, abs=1e-9)  # the phase ends annealed
 
 
-def test_a_constant_schedule_keeps_the_phase_rate_and_weight_decay_picks_adamw():
+def test_a_constant_schedule_keeps_the_phase_rate_and_weight_decay_picks_adamw(scratch_model):
     constant = phase_learning_rate(1e-5, epochs=5, steps_per_epoch=10, config=TrainConfig())
     assert constant == 1e-5
-    model = build_classifier(SCRATCH, weights_file=None)
-    compile_classifier(model, 1e-3, threshold=0.5, weight_decay=0.05)
-    assert isinstance(model.optimizer, keras.optimizers.AdamW)
-    assert model.optimizer.weight_decay == pytest.approx(0.05)
+    compile_classifier(scratch_model, 1e-3, threshold=0.5, weight_decay=0.05)
+    assert isinstance(scratch_model.optimizer, keras.optimizers.AdamW)
+    assert scratch_model.optimizer.weight_decay == pytest.approx(0.05)
 
 
 def test_a_warm_up_without_a_cosine_schedule_is_refused(tmp_path):
