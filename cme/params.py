@@ -138,6 +138,7 @@ class TrainParams(_Section):
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False
     threshold: float = Field(default=0.5, gt=0, lt=1)
+    test_time_augmentation: Literal["none", "dihedral"] = "none"
 
     def config(self) -> TrainConfig:
         values = self.model_dump(exclude={"augmentation", "zoom", "colour_jitter"})

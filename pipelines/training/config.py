@@ -10,6 +10,7 @@ from typing import Any, Literal
 Imbalance = Literal["class_weight", "oversample", "none"]
 MixedPrecision = Literal["auto", "on", "off"]
 Schedule = Literal["constant", "cosine"]
+TestTimeAugmentation = Literal["none", "dihedral"]
 
 IMAGENET = "imagenet"
 NO_WEIGHTS = "none"
@@ -56,6 +57,7 @@ class TrainConfig:
     mixed_precision: MixedPrecision = "auto"
     deterministic: bool = False
     threshold: float = 0.5
+    test_time_augmentation: TestTimeAugmentation = "none"  # dihedral: mean over 8 orientations
 
     def __post_init__(self) -> None:
         if self.unfreeze_from not in (*RESNET50_BLOCKS, ALL_LAYERS):

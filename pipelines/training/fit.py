@@ -36,6 +36,7 @@ from pipelines.training.model import (
     freeze_base,
     phase_learning_rate,
     resolve_weights,
+    serving_classifier,
     unfreeze_from,
 )
 
@@ -69,7 +70,7 @@ class Hardware:
 
 @dataclass
 class TrainResult:
-    model: keras.Model  # float32, best epoch's weights
+    model: keras.Model  # float32, best epoch's weights, as served (train.test_time_augmentation)
     config: TrainConfig
     hardware: Hardware
     class_weight: dict[int, float] | None = None
@@ -137,7 +138,8 @@ def train_classifier(
         )
     if best_file.exists():
         model.load_weights(best_file)
-    result.model = float32_copy(model, config) if hardware.precision != "float32" else model
+    trained = float32_copy(model, config) if hardware.precision != "float32" else model
+    result.model = serving_classifier(trained, config)
     return result
 
 

@@ -29,6 +29,7 @@ IMAGENET_NOTOP_URL = (
 IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 BASE_NAME = "resnet50"
 SCRATCH_BATCH_NORM_MOMENTUM = 0.9
+DIHEDRAL_VIEWS = 8  # the flips and quarter turns that leave a square image square
 
 
 class WeightsUnavailable(TrainConfigError):
@@ -98,6 +99,51 @@ def build_classifier(config: TrainConfig, weights_file: str | None) -> keras.Mod
         dropped
     )
     return keras.Model(images, probability, name="melanoma_resnet50")
+
+
+@keras.saving.register_keras_serializable(package="cme")
+class DihedralView(keras.layers.Layer):
+    """One of the 8 orientations of a square image: `view` 0..7 picks a transpose (bit 0),
+    an upside-down flip (bit 1) and a left-right flip (bit 2); together they are every
+    flip and quarter turn."""
+
+    def __init__(self, view: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0 <= view < DIHEDRAL_VIEWS:
+            raise ValueError(f"view must be 0..{DIHEDRAL_VIEWS - 1}, got {view}")
+        self.view = view
+
+    def call(self, images: Any) -> Any:
+        if self.view & 1:
+            images = keras.ops.transpose(images, (0, 2, 1, 3))
+        if self.view & 2:
+            images = keras.ops.flip(images, axis=1)
+        if self.view & 4:
+            images = keras.ops.flip(images, axis=2)
+        return images
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "view": self.view}
+
+
+def serving_classifier(classifier: keras.Model, config: TrainConfig) -> keras.Model:
+    """The model that is logged and served. With `test_time_augmentation: dihedral` it is
+    the mean probability over the 8 orientations of the image (a lesion has no up or down,
+    and averaging steadies the answer), at 8 times the inference cost."""
+    if config.test_time_augmentation == "none":
+        return classifier
+    size = config.image_size
+    images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
+    # Square first: a transposed non-square image would not stack with the others.
+    square = keras.layers.Resizing(size, size, antialias=True, dtype="float32", name="resize")(
+        images
+    )
+    probabilities = [
+        classifier(DihedralView(view, dtype="float32", name=f"view_{view}")(square))
+        for view in range(DIHEDRAL_VIEWS)
+    ]
+    mean = keras.layers.Average(dtype="float32", name="mean_over_views")(probabilities)
+    return keras.Model(images, mean, name=f"{classifier.name}_dihedral")
 
 
 def _resnet50(size: int, weights_file: str | None) -> keras.Model:

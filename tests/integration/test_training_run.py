@@ -30,11 +30,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git-tracked project folder whose params.yaml asks for a tiny run, with 100
-    registered generated images, after `dvc repro train`."""
+    """A git-tracked project folder whose params.yaml asks for a tiny run served with
+    dihedral test-time augmentation, with 100 registered generated images, after
+    `dvc repro train`."""
     folder = tmp_path_factory.mktemp("training-project")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(TINY_TRAINING)
+    params["train"].update(TINY_TRAINING, test_time_augmentation="dihedral")
     params["validation"]["min_split_lesions"] = 1  # 100 images: one melanoma lesion in val
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(ROOT / "dvc.yaml", folder)
@@ -86,6 +87,7 @@ def test_the_run_carries_its_lineage_params_and_per_epoch_metrics(project, track
     assert run_.data.tags["git_commit"] == head
     assert run_.data.params["train.image_size"] == "32"
     assert run_.data.params["train.weights"] == "none"
+    assert run_.data.params["train.test_time_augmentation"] == "dihedral"
     assert int(run_.data.params["data.train_images"]) > 0
     history = tracking.get_metric_history(run_.info.run_id, "val_auc")
     assert [metric.step for metric in history] == [1, 2]
@@ -103,7 +105,9 @@ def _shell_output(command: tuple[str, ...], cwd: Path) -> str:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True).stdout.strip()
 
 
-def test_the_pyfunc_predicts_like_the_keras_model_from_bytes_base64_and_arrays(project, tracking):
+def test_the_pyfunc_predicts_like_the_keras_model_from_bytes_base64_and_arrays_in_any_turn(
+    project, tracking
+):
     model_uri = pipeline_record(project, "train")["model_uri"]
     snapshot_id = pipeline_record(project, "snapshot")["snapshot_id"]
     data_dir = project / "data"
@@ -127,6 +131,12 @@ def test_the_pyfunc_predicts_like_the_keras_model_from_bytes_base64_and_arrays(p
     from_arrays = pyfunc.predict(pd.DataFrame({"image": as_arrays}))
     # PIL and TensorFlow decode JPEG with slightly different rounding
     np.testing.assert_allclose(from_arrays["probability"], expected, atol=0.02)
+    turned = [np.rot90(array) for array in as_arrays]
+    mirrored = [array[:, ::-1] for array in as_arrays]
+    for views in (turned, mirrored):  # the served model averages over the 8 orientations
+        answer = pyfunc.predict(pd.DataFrame({"image": views}))
+        # (resizing a turned image rounds differently in the last float32 digits)
+        np.testing.assert_allclose(answer["probability"], from_arrays["probability"], atol=1e-4)
     assert pyfunc.metadata.get_input_schema().input_names() == ["image"]
     assert pyfunc.metadata.get_output_schema().input_names() == list(OUTPUT_COLUMNS)
 

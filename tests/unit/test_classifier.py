@@ -20,6 +20,7 @@ from pipelines.training.model import (
     phase_learning_rate,
     resnet_base,
     resolve_weights,
+    serving_classifier,
     unfreeze_from,
 )
 from tests.training_support import sample_manifest
@@ -165,3 +166,38 @@ def test_a_warm_up_without_a_cosine_schedule_is_refused(tmp_path):
         load_params(tmp_path / "params.yaml", ["train.warmup_epochs=2"]).train.config()
     with pytest.raises(ParamsError, match=r"train\.schedule"):
         load_params(tmp_path / "params.yaml", ["train.schedule=step"])
+
+
+def _orientations(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips and quarter turns of a batch of square images, by numpy."""
+    turns = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    return [np.ascontiguousarray(view) for turn in turns for view in (turn, turn[:, ::-1])]
+
+
+def test_dihedral_test_time_augmentation_serves_the_mean_over_the_eight_orientations(
+    scratch_model,
+):
+    config = TrainConfig(
+        image_size=32, weights="none", unfreeze_from="all", test_time_augmentation="dihedral"
+    )
+    served = serving_classifier(scratch_model, config)
+    lesions = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    views = _orientations(lesions)
+    plain = [np.asarray(scratch_model.predict_on_batch(view)) for view in views]
+    assert max(np.abs(p - plain[0]).max() for p in plain) > 1e-4  # the plain model is not invariant
+
+    answer = np.asarray(served.predict_on_batch(lesions))
+
+    np.testing.assert_allclose(answer, np.mean(plain, axis=0), atol=1e-5)
+    for view in views[1:]:  # a turned or mirrored picture of a lesion gets the same answer
+        np.testing.assert_allclose(served.predict_on_batch(view), answer, atol=1e-5)
+    oblong = np.random.default_rng(3).uniform(0, 255, (2, 40, 57, 3)).astype(np.float32)
+    assert np.asarray(served.predict_on_batch(oblong)).shape == (2, 1)
+
+
+def test_without_test_time_augmentation_the_trained_model_is_served_as_it_is(
+    tmp_path, scratch_model
+):
+    assert serving_classifier(scratch_model, SCRATCH) is scratch_model
+    with pytest.raises(ParamsError, match=r"train\.test_time_augmentation"):
+        load_params(tmp_path / "params.yaml", ["train.test_time_augmentation=flips"])
