@@ -84,9 +84,7 @@ def build_classifier(config: TrainConfig, weights_file: str | None) -> keras.Mod
     dtype policy except the input steps and the output, which stay float32."""
     size = config.image_size
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
-    resized = keras.layers.Resizing(size, size, antialias=True, dtype="float32", name="resize")(
-        images
-    )
+    resized = _resize_to(size)(images)
     preprocessed = ResNet50Preprocessing(dtype="float32", name="preprocess")(resized)
     base = _resnet50(size, weights_file)
     if not config.pretrained:
@@ -132,18 +130,19 @@ def serving_classifier(classifier: keras.Model, config: TrainConfig) -> keras.Mo
     and averaging steadies the answer), at 8 times the inference cost."""
     if config.test_time_augmentation == "none":
         return classifier
-    size = config.image_size
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
-    # Square first: a transposed non-square image would not stack with the others.
-    square = keras.layers.Resizing(size, size, antialias=True, dtype="float32", name="resize")(
-        images
-    )
+    # Resized once here, so that a large photograph is not resized again for each view.
+    square = _resize_to(config.image_size)(images)
     probabilities = [
         classifier(DihedralView(view, dtype="float32", name=f"view_{view}")(square))
         for view in range(DIHEDRAL_VIEWS)
     ]
     mean = keras.layers.Average(dtype="float32", name="mean_over_views")(probabilities)
     return keras.Model(images, mean, name=f"{classifier.name}_dihedral")
+
+
+def _resize_to(size: int) -> keras.layers.Layer:
+    return keras.layers.Resizing(size, size, antialias=True, dtype="float32", name="resize")
 
 
 def _resnet50(size: int, weights_file: str | None) -> keras.Model:
