@@ -12,8 +12,13 @@ every label source, then, in this one process:
    `keras.utils.image_dataset_from_directory` + `model.fit`; and the input pipeline alone
    against what a training step consumes (target: at least 5x).
 2. `cme train` from scratch (ImageNet weights cannot be had here) at --image-size px, then
-   ROC AUC and F1 of the best epoch on the locked test split, beside a gradient-boosting
-   model on colour histograms trained on the same train split (target: beat it).
+   ROC AUC and F1 of the best epoch on the locked test split, as trained and with dihedral
+   test-time augmentation (the mean over the 8 flips and quarter turns), beside a
+   gradient-boosting model on colour histograms trained on the same train split (target:
+   beat it).
+
+`--keep DIR` builds the project in DIR and keeps it (the model, MLflow's runs);
+`--rescore DIR` scores the model kept there again, without training.
 """
 
 from __future__ import annotations
