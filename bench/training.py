@@ -82,7 +82,11 @@ def main() -> None:
         sys.exit(f"{args.data}: no metadata.csv (see ../shared/data/ham10000/SOURCE.md)")
     if args.rescore is not None:
         project = args.rescore.resolve()
-        report(kept_manifest(project), project, json.loads((project / "train.json").read_text()))
+        record = project / "train.json"
+        if record.is_file():
+            report(kept_manifest(project), project, json.loads(record.read_text()))
+        else:  # training was stopped: its best checkpoint so far, at --image-size
+            rescore_checkpoint(kept_manifest(project), project, args.image_size)
     elif args.keep is None:
         with tempfile.TemporaryDirectory(prefix="cme-bench-train-") as workdir:
             run(args, Path(workdir))
@@ -296,6 +300,31 @@ def report(manifest: pd.DataFrame, project: Path, trained: dict[str, Any]) -> No
     gbm = rows["colour-histogram GBM"]["auc"]
     for name in ("ResNet50 (ours)", "  + dihedral TTA"):
         print(f"  {name.strip()} - GBM ROC AUC: {rows[name]['auc'] - gbm:+.3f} (target: > 0)")
+
+
+def rescore_checkpoint(manifest: pd.DataFrame, project: Path, image_size: int) -> None:
+    from pipelines.training.config import TrainConfig
+    from pipelines.training.fit import BEST_WEIGHTS_FILE
+    from pipelines.training.model import build_classifier, serving_classifier
+
+    config = TrainConfig(
+        image_size=image_size,
+        weights="none",
+        unfreeze_from="all",
+        test_time_augmentation="dihedral",
+    )
+    model = build_classifier(config, weights_file=None)
+    model.load_weights(next((project / ".cme" / "work").glob(f"*/{BEST_WEIGHTS_FILE}")))
+    print(f"best checkpoint of a stopped run, {image_size} px, locked test split:")
+    for name, served in (
+        ("as trained", model),
+        ("dihedral TTA", serving_classifier(model, config)),
+    ):
+        scored = cnn_scores(manifest, project / "data", served, image_size)
+        print(
+            f"  {name:<14} ROC AUC {scored['auc']:.3f}  F1@0.5 {scored['f1']:.3f}  "
+            f"F1@val-threshold {scored['f1_val_threshold']:.3f}"
+        )
 
 
 def scores(
