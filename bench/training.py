@@ -268,62 +268,70 @@ def quality(
 def report(manifest: pd.DataFrame, project: Path, trained: dict[str, Any]) -> None:
     """The best epoch on the locked test split, served as trained and with dihedral
     test-time augmentation, beside the colour-histogram GBM."""
-    from pipelines.training.config import TrainConfig
-    from pipelines.training.model import serving_classifier
-
     data_dir = project / "data"
-    model = logged_keras_model(project, str(trained["model_uri"]))
     image_size = trained_image_size(trained)
-    dihedral = TrainConfig(
-        image_size=image_size,
-        weights="none",
-        unfreeze_from="all",
-        test_time_augmentation="dihedral",
+    rows = both_ways(
+        manifest, data_dir, logged_keras_model(project, str(trained["model_uri"])), image_size
     )
-    rows = {
-        "ResNet50 (ours)": cnn_scores(manifest, data_dir, model, image_size),
-        "  + dihedral TTA": cnn_scores(
-            manifest, data_dir, serving_classifier(model, dihedral), image_size
-        ),
-        "colour-histogram GBM": histogram_gbm_scores(manifest, data_dir),
-    }
+    rows["colour-histogram GBM"] = histogram_gbm_scores(manifest, data_dir)
     print(
         f"best epoch {trained['best_epoch']} (val ROC AUC {trained['best_val_auc']:.3f}), "
         f"{image_size} px"
     )
-    print("locked test split          ROC AUC   F1@0.5   F1@val-threshold")
-    for name, scored in rows.items():
-        print(
-            f"  {name:<24} {scored['auc']:.3f}     {scored['f1']:.3f}    "
-            f"{scored['f1_val_threshold']:.3f}"
-        )
+    print_rows(rows)
     gbm = rows["colour-histogram GBM"]["auc"]
-    for name in ("ResNet50 (ours)", "  + dihedral TTA"):
+    for name in (AS_TRAINED, WITH_TTA):
         print(f"  {name.strip()} - GBM ROC AUC: {rows[name]['auc'] - gbm:+.3f} (target: > 0)")
 
 
 def rescore_checkpoint(manifest: pd.DataFrame, project: Path, image_size: int) -> None:
     from pipelines.training.config import TrainConfig
     from pipelines.training.fit import BEST_WEIGHTS_FILE
-    from pipelines.training.model import build_classifier, serving_classifier
+    from pipelines.training.model import build_classifier
 
-    config = TrainConfig(
+    model = build_classifier(
+        TrainConfig(image_size=image_size, weights="none", unfreeze_from="all"),
+        weights_file=None,
+    )
+    model.load_weights(next((project / ".cme" / "work").glob(f"*/{BEST_WEIGHTS_FILE}")))
+    print(f"best checkpoint of a stopped run, {image_size} px")
+    print_rows(both_ways(manifest, project / "data", model, image_size))
+
+
+AS_TRAINED = "ResNet50 (ours)"
+WITH_TTA = "  + dihedral TTA"
+
+
+def both_ways(
+    manifest: pd.DataFrame, data_dir: Path, model: Any, image_size: int
+) -> dict[str, dict[str, float]]:
+    """Scores of the model as trained and wrapped in dihedral test-time augmentation."""
+    from pipelines.training.config import TrainConfig
+    from pipelines.training.model import serving_classifier
+
+    dihedral = TrainConfig(
         image_size=image_size,
         weights="none",
         unfreeze_from="all",
         test_time_augmentation="dihedral",
     )
-    model = build_classifier(config, weights_file=None)
-    model.load_weights(next((project / ".cme" / "work").glob(f"*/{BEST_WEIGHTS_FILE}")))
-    print(f"best checkpoint of a stopped run, {image_size} px, locked test split:")
-    for name, served in (
-        ("as trained", model),
-        ("dihedral TTA", serving_classifier(model, config)),
-    ):
-        scored = cnn_scores(manifest, project / "data", served, image_size)
+    return {
+        AS_TRAINED: cnn_scores(manifest, data_dir, model, image_size),
+        WITH_TTA: cnn_scores(
+            manifest,
+            data_dir,
+            serving_classifier(model, dihedral),
+            image_size,
+        ),
+    }
+
+
+def print_rows(rows: dict[str, dict[str, float]]) -> None:
+    print("locked test split          ROC AUC   F1@0.5   F1@val-threshold")
+    for name, scored in rows.items():
         print(
-            f"  {name:<14} ROC AUC {scored['auc']:.3f}  F1@0.5 {scored['f1']:.3f}  "
-            f"F1@val-threshold {scored['f1_val_threshold']:.3f}"
+            f"  {name:<24} {scored['auc']:.3f}     {scored['f1']:.3f}    "
+            f"{scored['f1_val_threshold']:.3f}"
         )
 
 
