@@ -35,10 +35,11 @@ backtest: setup ## Replay ../shared/data/ham10000 as weekly arrivals; report und
 test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
 	$(UV) run --locked pytest -n 2 $(PYTEST_ARGS)
 
-lint: setup ## ruff (lint + format check) and mypy on the domain packages.
+lint: setup ## ruff (lint + format check) and mypy on the domain packages and the benches.
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
 	$(UV) run --locked mypy
+	$(UV) run --locked mypy bench/*.py
 
 bench: setup ## Benchmarks on the shared HAM10000 copy (prints figures and ratios).
 	$(UV) run --locked python bench/label_import.py --data $(HAM10000)

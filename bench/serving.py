@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # bench/ is not a package: reach the shared helpers
+sys.path.insert(0, str(Path(__file__).parent))
 
-from bench._support import Stopwatch  # noqa: E402
+from _support import Stopwatch  # noqa: E402
 
 
 def installation(folder: Path) -> dict[str, str]:

@@ -31,13 +31,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _support import ALL_SOURCES, Stopwatch
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from pipelines.dataset.tfdata import LabelledFiles
+    from pipelines.training.config import TrainConfig
 
 # From scratch (no ImageNet here): every layer learns, at a rate that rises over the first
 # epoch and then anneals to 0, with AdamW's weight decay and a wider zoom. A 1e-3 peak made
@@ -173,7 +180,7 @@ def throughput(
 
     # This shared machine's speed drifts by up to 2x within minutes, so the two pipelines
     # take turns, each on its own (warmed-up) model, and the medians are compared.
-    pipelines = {"ours": ours.dataset.repeat(), "baseline": baseline.repeat()}  # type: ignore[attr-defined]
+    pipelines = {"ours": ours.dataset.repeat(), "baseline": baseline.repeat()}
     models = {name: warmed_up_model(config, dataset) for name, dataset in pipelines.items()}
     rates: dict[str, list[float]] = {name: [] for name in pipelines}
     for _ in range(args.rounds):
@@ -200,43 +207,43 @@ def throughput(
     )
 
 
-def warmed_up_model(config: object, dataset: object) -> object:
+def warmed_up_model(config: TrainConfig, dataset: tf.data.Dataset) -> keras.Model:
     import keras
 
     from pipelines.training.model import build_classifier, compile_classifier
 
     keras.utils.set_random_seed(0)
-    model = build_classifier(config, weights_file=None)  # type: ignore[arg-type]
+    model = build_classifier(config, weights_file=None)
     compile_classifier(model, 1e-3, 0.5)
     model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)  # traces the step function
     return model
 
 
-def pipeline_rate(dataset: object) -> float:
+def pipeline_rate(dataset: tf.data.Dataset) -> float:
     images = 0
     with Stopwatch() as watch:
-        for batch, _ in dataset:  # type: ignore[attr-defined]
+        for batch, _ in dataset:
             images += int(batch.shape[0])
     return images / watch.seconds
 
 
-def plain_keras_dataset(train: object, folder: Path, config: object) -> object:
+def plain_keras_dataset(train: LabelledFiles, folder: Path, config: TrainConfig) -> tf.data.Dataset:
     """The baseline as the Keras tutorials write it: class folders (symlinks here) read by
     `image_dataset_from_directory`, no cache, no augmentation."""
     import keras
 
-    for path, label in zip(train.files, train.labels, strict=True):  # type: ignore[attr-defined]
+    for path, label in zip(train.files, train.labels, strict=True):
         target = folder / ("melanoma" if label else "other") / Path(path).name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(path)
-    size = config.image_size  # type: ignore[attr-defined]
+    size = config.image_size
     return keras.utils.image_dataset_from_directory(
         folder,
         label_mode="binary",
         image_size=(size, size),
         batch_size=config.batch_size,
         seed=0,
-        verbose=False,  # type: ignore[attr-defined]
+        verbose=False,
     )
 
 
@@ -371,7 +378,7 @@ def trained_image_size(trained: dict[str, Any]) -> int:
 
 
 def cnn_scores(
-    manifest: pd.DataFrame, data_dir: Path, model: object, image_size: int
+    manifest: pd.DataFrame, data_dir: Path, model: keras.Model, image_size: int
 ) -> dict[str, float]:
     from pipelines.dataset.tfdata import evaluation_batches, labelled_files
 
@@ -381,7 +388,7 @@ def cnn_scores(
         batches = evaluation_batches(
             files, image_size=image_size, batch_size=64, cache="none", name=split
         )
-        predicted = model.predict(batches.dataset, verbose=0)  # type: ignore[attr-defined]
+        predicted = model.predict(batches.dataset, verbose=0)
         outputs += [files.labels, np.asarray(predicted).ravel()]
     return scores(*outputs)
 

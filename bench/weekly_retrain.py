@@ -32,9 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_BUDGET_S = 600.0
 STEPS = {"pull new labels", "validate", "snapshot", "train", "evaluate", "gate", "register"}
-sys.path.insert(0, str(ROOT))  # bench/ is not a package: reach the shared helpers
+sys.path.insert(0, str(Path(__file__).parent))
 
-from bench._support import Stopwatch  # noqa: E402
+from _support import Stopwatch  # noqa: E402
 
 
 def installation(folder: Path) -> None:
@@ -89,7 +89,7 @@ def flow_week(overrides: list[str]) -> tuple[float, float, str]:
     from flows.weekly_retrain import weekly_retrain
 
     with Stopwatch() as watch:
-        state = weekly_retrain(overrides=overrides, steward="bench", return_state=True)
+        state: Any = weekly_retrain(overrides=overrides, steward="bench", return_state=True)
     return watch.seconds, _task_seconds(state.state_details.flow_run_id), state.name
 
 
