@@ -275,11 +275,12 @@ def quality(
 def report(manifest: pd.DataFrame, project: Path, trained: dict[str, Any]) -> None:
     """The best epoch on the locked test split, served as trained and with dihedral
     test-time augmentation, beside the colour-histogram GBM."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / '.cme' / 'mlflow.db'}")
     data_dir = project / "data"
     image_size = trained_image_size(trained)
-    rows = both_ways(
-        manifest, data_dir, logged_keras_model(project, str(trained["model_uri"])), image_size
-    )
+    rows = both_ways(manifest, data_dir, logged_keras_model(str(trained["model_uri"])), image_size)
     rows["colour-histogram GBM"] = histogram_gbm_scores(manifest, data_dir)
     print(
         f"best epoch {trained['best_epoch']} (val ROC AUC {trained['best_val_auc']:.3f}), "
@@ -360,13 +361,13 @@ def scores(
     }
 
 
-def logged_keras_model(project: Path, model_uri: str) -> object:
+def logged_keras_model(model_uri: str) -> keras.Model:
+    """The Keras model of a run logged in the tracking store set up by the caller."""
     import keras
     import mlflow
 
     import pipelines.training.model  # noqa: F401 (registers the preprocessing layer)
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / '.cme' / 'mlflow.db'}")
     folder = Path(mlflow.artifacts.download_artifacts(model_uri))
     return keras.saving.load_model(folder / "artifacts" / "classifier.keras", compile=False)
 
