@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -281,15 +282,13 @@ def report(manifest: pd.DataFrame, project: Path, trained: dict[str, Any]) -> No
     data_dir = project / "data"
     image_size = trained_image_size(trained)
     rows = both_ways(manifest, data_dir, logged_keras_model(str(trained["model_uri"])), image_size)
-    rows["colour-histogram GBM"] = histogram_gbm_scores(manifest, data_dir)
+    rows[GBM] = histogram_gbm_probabilities(manifest, data_dir)
     print(
         f"best epoch {trained['best_epoch']} (val ROC AUC {trained['best_val_auc']:.3f}), "
         f"{image_size} px"
     )
-    print_rows(rows)
-    gbm = rows["colour-histogram GBM"]["auc"]
-    for name in (AS_TRAINED, WITH_TTA):
-        print(f"  {name.strip()} - GBM ROC AUC: {rows[name]['auc'] - gbm:+.3f} (target: > 0)")
+    print_rows(manifest, rows)
+    print_against_gbm(manifest, rows)
 
 
 def rescore_checkpoint(manifest: pd.DataFrame, project: Path, image_size: int) -> None:
@@ -303,17 +302,26 @@ def rescore_checkpoint(manifest: pd.DataFrame, project: Path, image_size: int) -
     )
     model.load_weights(next((project / ".cme" / "work").glob(f"*/{BEST_WEIGHTS_FILE}")))
     print(f"best checkpoint of a stopped run, {image_size} px")
-    print_rows(both_ways(manifest, project / "data", model, image_size))
+    print_rows(manifest, both_ways(manifest, project / "data", model, image_size))
 
 
 AS_TRAINED = "ResNet50 (ours)"
 WITH_TTA = "  + dihedral TTA"
+GBM = "colour-histogram GBM"
+
+
+@dataclass(frozen=True)
+class Probabilities:
+    """One model's melanoma probabilities for the val and test images, in manifest order."""
+
+    val: np.ndarray
+    test: np.ndarray
 
 
 def both_ways(
-    manifest: pd.DataFrame, data_dir: Path, model: Any, image_size: int
-) -> dict[str, dict[str, float]]:
-    """Scores of the model as trained and wrapped in dihedral test-time augmentation."""
+    manifest: pd.DataFrame, data_dir: Path, model: keras.Model, image_size: int
+) -> dict[str, Probabilities]:
+    """The model as trained and wrapped in dihedral test-time augmentation."""
     from pipelines.training.config import TrainConfig
     from pipelines.training.model import serving_classifier
 
@@ -324,40 +332,58 @@ def both_ways(
         test_time_augmentation="dihedral",
     )
     return {
-        AS_TRAINED: cnn_scores(manifest, data_dir, model, image_size),
-        WITH_TTA: cnn_scores(
-            manifest,
-            data_dir,
-            serving_classifier(model, dihedral),
-            image_size,
+        AS_TRAINED: cnn_probabilities(manifest, data_dir, model, image_size),
+        WITH_TTA: cnn_probabilities(
+            manifest, data_dir, serving_classifier(model, dihedral), image_size
         ),
     }
 
 
-def print_rows(rows: dict[str, dict[str, float]]) -> None:
+def print_rows(manifest: pd.DataFrame, rows: dict[str, Probabilities]) -> None:
     print("locked test split          ROC AUC   F1@0.5   F1@val-threshold")
-    for name, scored in rows.items():
+    for name, probabilities in rows.items():
+        scored = scores(manifest, probabilities)
         print(
             f"  {name:<24} {scored['auc']:.3f}     {scored['f1']:.3f}    "
             f"{scored['f1_val_threshold']:.3f}"
         )
 
 
-def scores(
-    val_labels: np.ndarray,
-    val_probability: np.ndarray,
-    test_labels: np.ndarray,
-    test_probability: np.ndarray,
-) -> dict[str, float]:
+def print_against_gbm(manifest: pd.DataFrame, rows: dict[str, Probabilities]) -> None:
+    """DeLong's paired test of each ResNet50 row against the GBM on the locked test split,
+    with the images of one lesion as one cluster, as the promotion gate judges."""
+    from pipelines.evaluation.stats import delong_test
+
+    test = manifest[manifest["split"] == "test"]
+    print("ROC AUC - GBM on the locked test split (lesion-clustered DeLong; target: > 0)")
+    for name in (AS_TRAINED, WITH_TTA):
+        compared = delong_test(
+            test["label"].to_numpy(),
+            rows[name].test,
+            rows[GBM].test,
+            lesions=test["lesion_id"].to_numpy(),
+        )
+        print(
+            f"  {name.strip():<22} {compared.difference:+.3f}  95% CI "
+            f"[{compared.ci_low:+.3f}, {compared.ci_high:+.3f}]  "
+            f"one-sided p(superior) {compared.p_superiority:.3f}"
+        )
+
+
+def scores(manifest: pd.DataFrame, probabilities: Probabilities) -> dict[str, float]:
+    """Test ROC AUC, F1 at 0.5, and F1 at the threshold that maximizes F1 on val."""
     from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
-    precision, recall, thresholds = precision_recall_curve(val_labels, val_probability)
+    val_labels, test_labels = (
+        manifest.loc[manifest["split"] == split, "label"].to_numpy() for split in ("val", "test")
+    )
+    precision, recall, thresholds = precision_recall_curve(val_labels, probabilities.val)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     threshold = float(thresholds[int(np.argmax(f1[:-1]))])
     return {
-        "auc": float(roc_auc_score(test_labels, test_probability)),
-        "f1": float(f1_score(test_labels, test_probability >= 0.5)),
-        "f1_val_threshold": float(f1_score(test_labels, test_probability >= threshold)),
+        "auc": float(roc_auc_score(test_labels, probabilities.test)),
+        "f1": float(f1_score(test_labels, probabilities.test >= 0.5)),
+        "f1_val_threshold": float(f1_score(test_labels, probabilities.test >= threshold)),
     }
 
 
@@ -378,23 +404,25 @@ def trained_image_size(trained: dict[str, Any]) -> int:
     return int(mlflow.get_run(str(trained["run_id"])).data.params["train.image_size"])
 
 
-def cnn_scores(
+def cnn_probabilities(
     manifest: pd.DataFrame, data_dir: Path, model: keras.Model, image_size: int
-) -> dict[str, float]:
+) -> Probabilities:
     from pipelines.dataset.tfdata import evaluation_batches, labelled_files
 
-    outputs = []
+    predicted = {}
     for split in ("val", "test"):
-        files = labelled_files(manifest, data_dir, split)
         batches = evaluation_batches(
-            files, image_size=image_size, batch_size=64, cache="none", name=split
+            labelled_files(manifest, data_dir, split),
+            image_size=image_size,
+            batch_size=64,
+            cache="none",
+            name=split,
         )
-        predicted = model.predict(batches.dataset, verbose=0)
-        outputs += [files.labels, np.asarray(predicted).ravel()]
-    return scores(*outputs)
+        predicted[split] = np.asarray(model.predict(batches.dataset, verbose=0)).ravel()
+    return Probabilities(predicted["val"], predicted["test"])
 
 
-def histogram_gbm_scores(manifest: pd.DataFrame, data_dir: Path) -> dict[str, float]:
+def histogram_gbm_probabilities(manifest: pd.DataFrame, data_dir: Path) -> Probabilities:
     """HistGradientBoosting on a joint RGB histogram (8 bins a channel) plus channel means
     and spreads, fitted on the train split."""
     from PIL import Image
@@ -407,13 +435,11 @@ def histogram_gbm_scores(manifest: pd.DataFrame, data_dir: Path) -> dict[str, fl
 
     table = {split: manifest[manifest["split"] == split] for split in ("train", "val", "test")}
     x = {split: np.stack([features(p) for p in rows["path"]]) for split, rows in table.items()}
-    y = {split: rows["label"].to_numpy() for split, rows in table.items()}
     model = HistGradientBoostingClassifier(
         max_iter=400, learning_rate=0.05, random_state=0, class_weight="balanced"
     )
-    model.fit(x["train"], y["train"])
-    probability = {split: model.predict_proba(x[split])[:, 1] for split in ("val", "test")}
-    return scores(y["val"], probability["val"], y["test"], probability["test"])
+    model.fit(x["train"], table["train"]["label"].to_numpy())
+    return Probabilities(model.predict_proba(x["val"])[:, 1], model.predict_proba(x["test"])[:, 1])
 
 
 if __name__ == "__main__":
