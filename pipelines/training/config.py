@@ -49,6 +49,7 @@ class TrainConfig:
     schedule: Schedule = "constant"  # learning rate over each phase
     warmup_epochs: int = 0  # cosine only: linear rise from 0 to the phase's rate first
     weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay
+    ema_momentum: float = 0.0  # > 0: validate, keep and serve an average of the weights
     patience: int = 3
     imbalance: Imbalance = "class_weight"
     augmentation: Augmentation = Augmentation()
@@ -75,12 +76,21 @@ class TrainConfig:
                 "train.warmup_epochs only applies to train.schedule=cosine: set both, or "
                 "train.warmup_epochs=0"
             )
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise TrainConfigError(
+                f"train.ema_momentum={self.ema_momentum}: expected 0 (off) or a momentum "
+                "below 1, e.g. 0.999"
+            )
         if self.head_epochs + self.epochs < 1:
             raise TrainConfigError("train.head_epochs + train.epochs must be at least 1")
 
     @property
     def pretrained(self) -> bool:
         return self.weights != NO_WEIGHTS
+
+    @property
+    def averages_weights(self) -> bool:
+        return self.ema_momentum > 0
 
     @property
     def weights_file(self) -> Path | None:

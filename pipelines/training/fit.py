@@ -150,7 +150,13 @@ def _prepare_phase(
         freeze_base(model)
     else:
         unfreeze_from(model, config.unfreeze_from)
-    compile_classifier(model, learning_rate, config.threshold, weight_decay=config.weight_decay)
+    compile_classifier(
+        model,
+        learning_rate,
+        config.threshold,
+        weight_decay=config.weight_decay,
+        ema_momentum=config.ema_momentum,
+    )
 
 
 def _class_weight(config: TrainConfig, train: LabelledFiles) -> dict[int, float] | None:
@@ -208,13 +214,18 @@ def _fit_phase(
         initial_value_threshold=best,
     )
     stop = keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)
+    # The average is put in place before validation and before the checkpoint (hence
+    # first), so the epoch is judged, kept and served as averaged weights.
+    averaging = (
+        [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.averages_weights else []
+    )
     model.fit(
         train.dataset,
         validation_data=val.dataset,
         initial_epoch=done,
         epochs=done + epochs,
         class_weight=result.class_weight,
-        callbacks=[checkpoint, stop, *callbacks],
+        callbacks=[*averaging, checkpoint, stop, *callbacks],
         shuffle=False,  # the tf.data pipeline shuffles, reproducibly
         verbose=0,
     )

@@ -216,11 +216,17 @@ def compile_classifier(
     threshold: float,
     jit_compile: bool | str = False,
     weight_decay: float = 0.0,
+    ema_momentum: float = 0.0,
 ) -> None:
+    """`ema_momentum` > 0 makes the optimizer keep an exponential moving average of the
+    weights (swapped in for validation by `keras.callbacks.SwapEMAWeights`)."""
+    averaging: dict[str, Any] = (
+        {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum > 0 else {}
+    )
     optimizer = (
-        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **averaging)
         if weight_decay > 0
-        else keras.optimizers.Adam(learning_rate)
+        else keras.optimizers.Adam(learning_rate, **averaging)
     )
     model.compile(
         optimizer=optimizer,
