@@ -4,12 +4,15 @@ clearly why it cannot."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from cme.params import ParamsError, load_params
-from pipelines.dataset.tfdata import Batches, evaluation_batches, labelled_files
+from pipelines.dataset.tfdata import evaluation_batches, labelled_files
 from pipelines.training.config import TrainConfig, TrainConfigError
 from pipelines.training.fit import TrainResult, balanced_class_weight, train_classifier
 from pipelines.training.model import (
@@ -204,24 +207,23 @@ def test_without_test_time_augmentation_the_trained_model_is_served_as_it_is(
         load_params(tmp_path / "params.yaml", ["train.test_time_augmentation=flips"])
 
 
-def _tiny_run(folder, **settings) -> tuple[TrainResult, Batches]:
-    manifest = sample_manifest(folder, n=48, seed=5, image_size=48)
+def _tiny_run(manifest: pd.DataFrame, folder: Path, ema_momentum: float) -> TrainResult:
     config = TrainConfig(
         image_size=32, batch_size=8, weights="none", unfreeze_from="all", epochs=3,
-        learning_rate=1e-3, patience=3, cache="none", **settings,
+        learning_rate=1e-3, patience=3, cache="none", ema_momentum=ema_momentum,
     )  # fmt: skip
-    result = train_classifier(manifest, folder, config, work_dir=folder / "work")
-    val = evaluation_batches(
-        labelled_files(manifest, folder, "val"),
-        image_size=32, batch_size=8, cache="none", name="val",
-    )  # fmt: skip
-    return result, val
+    return train_classifier(manifest, folder, config, work_dir=folder / "work")
 
 
 @pytest.mark.slow
 def test_with_weight_averaging_the_averaged_weights_are_validated_kept_and_served(tmp_path):
-    averaged, val = _tiny_run(tmp_path, ema_momentum=0.9)
-    plain, _ = _tiny_run(tmp_path, ema_momentum=0.0)
+    manifest = sample_manifest(tmp_path, n=48, seed=5, image_size=48)
+    val = evaluation_batches(
+        labelled_files(manifest, tmp_path, "val"),
+        image_size=32, batch_size=8, cache="none", name="val",
+    )  # fmt: skip
+    averaged = _tiny_run(manifest, tmp_path, ema_momentum=0.9)
+    plain = _tiny_run(manifest, tmp_path, ema_momentum=0.0)
 
     # the model returned scores on validation exactly what its best epoch reported
     compile_classifier(averaged.model, 1e-3, threshold=0.5)
