@@ -283,25 +283,40 @@ def report(manifest: pd.DataFrame, project: Path, trained: dict[str, Any]) -> No
     image_size = trained_image_size(trained)
     rows = both_ways(manifest, data_dir, logged_keras_model(str(trained["model_uri"])), image_size)
     rows[GBM] = histogram_gbm_probabilities(manifest, data_dir)
-    print(
-        f"best epoch {trained['best_epoch']} (val ROC AUC {trained['best_val_auc']:.3f}), "
-        f"{image_size} px"
-    )
+    print(f"{kept_summary(trained)}, {image_size} px")
     print_rows(manifest, rows)
     print_against_gbm(manifest, rows)
 
 
+def kept_summary(trained: dict[str, Any]) -> str:
+    """The best epoch, or each member's and the ensemble's, with val ROC AUC."""
+    if "members" not in trained:
+        return f"best epoch {trained['best_epoch']} (val ROC AUC {trained['best_val_auc']:.3f})"
+    members = ", ".join(
+        f"{member['best_epoch']} ({member['best_val_auc']:.3f})" for member in trained["members"]
+    )
+    return (
+        f"ensemble of {len(trained['members'])} (val ROC AUC {trained['ensemble_val_auc']:.3f}; "
+        f"members' best epochs {members})"
+    )
+
+
 def rescore_checkpoint(manifest: pd.DataFrame, project: Path, image_size: int) -> None:
+    """The best checkpoint of each member trained so far, served as one model."""
     from pipelines.training.config import TrainConfig
     from pipelines.training.fit import BEST_WEIGHTS_FILE
-    from pipelines.training.model import build_classifier
+    from pipelines.training.model import build_classifier, ensemble_classifier, member_name
 
-    model = build_classifier(
-        TrainConfig(image_size=image_size, weights="none", unfreeze_from="all"),
-        weights_file=None,
-    )
-    model.load_weights(next((project / ".cme" / "work").glob(f"*/{BEST_WEIGHTS_FILE}")))
-    print(f"best checkpoint of a stopped run, {image_size} px")
+    config = TrainConfig(image_size=image_size, weights="none", unfreeze_from="all")
+    members = []
+    for index, checkpoint in enumerate(
+        sorted((project / ".cme" / "work").glob(f"**/{BEST_WEIGHTS_FILE}"))
+    ):
+        member = build_classifier(config, weights_file=None, name=member_name(index))
+        member.load_weights(checkpoint)
+        members.append(member)
+    print(f"best checkpoint of a stopped run ({len(members)} member(s)), {image_size} px")
+    model = ensemble_classifier(members)
     print_rows(manifest, both_ways(manifest, project / "data", model, image_size))
 
 

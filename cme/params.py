@@ -140,6 +140,7 @@ class TrainParams(_Section):
     deterministic: bool = False
     threshold: float = Field(default=0.5, gt=0, lt=1)
     test_time_augmentation: Literal["none", "dihedral"] = "none"
+    ensemble_size: int = Field(default=1, ge=1)
 
     def config(self) -> TrainConfig:
         values = self.model_dump(exclude={"augmentation", "zoom", "colour_jitter"})

@@ -17,7 +17,7 @@ from cme.tracking import git_commit, use_tracking
 from registry.labels import LabelRegistryError, SnapshotRecord
 
 if TYPE_CHECKING:
-    from pipelines.training.fit import OnEpoch, TrainResult
+    from pipelines.training.fit import EpochRecord, OnEpoch, TrainResult
 
 
 class NoSnapshot(LabelRegistryError):
@@ -72,8 +72,7 @@ def train(
                 app.settings.data_dir,
                 config,
                 work_dir=work_dir,
-                callbacks=[tracking.EpochMetricsToMlflow()],
-                on_epoch=on_epoch,
+                on_epoch=_logged(on_epoch),
             )
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -82,6 +81,18 @@ def train(
         model_uri = tracking.log_result(result, example, app.settings.model_name)
         mlflow.set_tag("model_uri", model_uri)  # what `cme evaluate` finds the model by
     return TrainingOutcome(run.info.run_id, model_uri, snapshot, result)
+
+
+def _logged(on_epoch: OnEpoch | None) -> OnEpoch:
+    """Each epoch's metrics go to the active MLflow run, then to `on_epoch`."""
+    from pipelines.training.tracking import log_epoch
+
+    def both(record: EpochRecord) -> None:
+        log_epoch(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    return both
 
 
 def _snapshot_to_train_on(app: App, snapshot_id: str | None) -> SnapshotRecord:

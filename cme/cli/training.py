@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from cme.cli.common import OVERRIDES, opened_app
 
 if TYPE_CHECKING:
-    from pipelines.training.fit import EpochRecord
+    from pipelines.training.fit import EpochRecord, TrainResult
 
 
 def train(
@@ -32,23 +32,41 @@ def train(
             cme, cme.params(overrides), snapshot_id=snapshot, on_epoch=_print_epoch
         )
     result = outcome.result
-    best = result.best
     record = {
         "run_id": outcome.run_id,
         "model_uri": outcome.model_uri,
         "snapshot_id": outcome.snapshot.snapshot_id,
         "dvc_hash": outcome.snapshot.dvc_hash,
-        "best_epoch": best.epoch,
-        "best_val_auc": best.metrics.get("val_auc"),
+        **_chosen(result),
         "precision": result.hardware.precision,
         "train_images_per_second": result.training_images_per_second,
     }
     if record_file is not None:
         record_file.parent.mkdir(parents=True, exist_ok=True)
         record_file.write_text(json.dumps(record, indent=2) + "\n")
-    typer.echo(f"best epoch {best.epoch}: val ROC AUC {best.metrics.get('val_auc', 0):.3f}")
+    for best in result.member_bests():
+        member = f"member {best.member}: " if best.members > 1 else ""
+        typer.echo(
+            f"{member}best epoch {best.epoch}: val ROC AUC {best.metrics.get('val_auc', 0):.3f}"
+        )
+    if result.ensemble_val_auc is not None:
+        typer.echo(f"ensemble: val ROC AUC {result.ensemble_val_auc:.3f}")
     typer.echo(f"model {outcome.model_uri}")
     typer.echo(f"run {outcome.run_id}")
+
+
+def _chosen(result: TrainResult) -> dict[str, Any]:
+    """What was kept: the best epoch, or each member's and the ensemble's val ROC AUC."""
+    if result.ensemble_val_auc is None:
+        best = result.best
+        return {"best_epoch": best.epoch, "best_val_auc": best.metrics.get("val_auc")}
+    return {
+        "ensemble_val_auc": result.ensemble_val_auc,
+        "members": [
+            {"best_epoch": best.epoch, "best_val_auc": best.metrics.get("val_auc")}
+            for best in result.member_bests()
+        ],
+    }
 
 
 def _print_epoch(record: EpochRecord) -> None:

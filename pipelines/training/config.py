@@ -3,7 +3,7 @@ sees it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +59,7 @@ class TrainConfig:
     deterministic: bool = False
     threshold: float = 0.5
     test_time_augmentation: TestTimeAugmentation = "none"  # dihedral: mean over 8 orientations
+    ensemble_size: int = 1  # > 1: that many models (seeds seed, seed+1, ...), served as one
 
     def __post_init__(self) -> None:
         if self.unfreeze_from not in (*RESNET50_BLOCKS, ALL_LAYERS):
@@ -81,6 +82,10 @@ class TrainConfig:
                 f"train.ema_momentum={self.ema_momentum}: expected 0 (off) or a momentum "
                 "below 1, e.g. 0.999"
             )
+        if self.ensemble_size < 1:
+            raise TrainConfigError(
+                f"train.ensemble_size={self.ensemble_size}: expected 1 (one model) or more"
+            )
         if self.head_epochs + self.epochs < 1:
             raise TrainConfigError("train.head_epochs + train.epochs must be at least 1")
 
@@ -91,6 +96,11 @@ class TrainConfig:
     @property
     def averages_weights(self) -> bool:
         return self.ema_momentum > 0
+
+    def member(self, index: int) -> TrainConfig:
+        """The settings of the ensemble's member `index` (from 0): the same recipe with its
+        own seed, so the members start, shuffle and augment differently."""
+        return replace(self, seed=self.seed + index, ensemble_size=1)
 
     @property
     def weights_file(self) -> Path | None:

@@ -3,7 +3,9 @@
 Phase `head` warms up the new head with the pretrained base frozen; phase `fine-tune`
 then trains the last block(s) at a low learning rate. From scratch (`weights: none`) there
 is nothing to warm up against, so only the second phase runs, over every layer. The best
-epoch by validation ROC AUC, across both phases, is the model returned.
+epoch by validation ROC AUC, across both phases, is the model returned. With
+`ensemble_size` > 1 that many models are trained this way, one after another, each from
+its own seed, and served as one model answering their mean probability.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from pipelines.dataset.tfdata import (
 )
 from pipelines.training.config import TrainConfig, TrainingDataError
 from pipelines.training.model import (
+    CLASSIFIER_NAME,
     LearningRate,
     build_classifier,
     compile_classifier,
     dtype_policy,
+    ensemble_classifier,
     float32_copy,
     freeze_base,
+    member_name,
     phase_learning_rate,
     resolve_weights,
     serving_classifier,
@@ -49,16 +54,19 @@ SHOWN_METRICS = ("loss", "auc", "val_loss", "val_auc", "val_recall")
 
 @dataclass(frozen=True)
 class EpochRecord:
-    epoch: int  # counted across both phases, from 1
+    epoch: int  # counted across both phases, from 1 (from 1 again for each member)
     phase: str
     metrics: dict[str, float]
     seconds: float
     images: int  # training images seen (oversampled copies included)
+    member: int = 1  # which model of an ensemble, from 1
+    members: int = 1  # train.ensemble_size
 
     def line(self, shown: tuple[str, ...] = SHOWN_METRICS) -> str:
         """One line of progress, e.g. for a terminal or a flow run's log."""
         values = "  ".join(f"{key} {self.metrics[key]:.4f}" for key in shown if key in self.metrics)
-        return f"epoch {self.epoch:>3} {self.phase:<9} {values}  ({self.seconds:.1f} s)"
+        member = f"member {self.member}/{self.members} " if self.members > 1 else ""
+        return f"{member}epoch {self.epoch:>3} {self.phase:<9} {values}  ({self.seconds:.1f} s)"
 
 
 @dataclass(frozen=True)
@@ -75,10 +83,20 @@ class TrainResult:
     hardware: Hardware
     class_weight: dict[int, float] | None = None
     history: list[EpochRecord] = field(default_factory=list)
+    ensemble_val_auc: float | None = None  # the served ensemble's; None for one model
 
     @property
     def best(self) -> EpochRecord:
-        return max(self.history, key=lambda record: record.metrics.get(MONITOR, float("-inf")))
+        """The best epoch (of the best member, in an ensemble)."""
+        return _best_of(self.history)
+
+    def member_bests(self) -> list[EpochRecord]:
+        """Each member's best epoch, the one it is served with, in member order."""
+        members = sorted({record.member for record in self.history})
+        return [
+            _best_of([record for record in self.history if record.member == member])
+            for member in members
+        ]
 
     @property
     def training_images_per_second(self) -> float:
@@ -87,7 +105,20 @@ class TrainResult:
         return sum(record.images for record in self.history) / seconds if seconds else 0.0
 
 
+def _best_of(history: Sequence[EpochRecord]) -> EpochRecord:
+    return max(history, key=lambda record: record.metrics.get(MONITOR, float("-inf")))
+
+
 OnEpoch = Callable[[EpochRecord], None]
+
+
+@dataclass(frozen=True)
+class _Data:
+    """What every member of a run trains and is validated on."""
+
+    train: LabelledFiles
+    val: Batches
+    class_weight: dict[int, float] | None
 
 
 def train_classifier(
@@ -99,48 +130,91 @@ def train_classifier(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     on_epoch: OnEpoch | None = None,
 ) -> TrainResult:
-    """Fine-tune a ResNet50 classifier on the train split, choosing the best epoch on val."""
-    # A long-lived process (a worker, the demo) trains week after week: without this, each
-    # new model is built and traced beside every earlier one, and training slows down.
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
+    """Fine-tune a ResNet50 classifier on the train split, choosing the best epoch on val;
+    with `train.ensemble_size` > 1, that many, each from its own seed, served as one."""
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     train_files = labelled_files(manifest, data_dir, "train")
     val_files = labelled_files(manifest, data_dir, "val")
     _check_trainable(train_files, val_files)
     hardware = _hardware(config)
-    strategy = _strategy(hardware)
-    with dtype_policy(hardware.precision), strategy.scope():
-        model = build_classifier(config, resolve_weights(config))
-    result = TrainResult(model, config, hardware, class_weight=_class_weight(config, train_files))
-    train_batches = _training_batches(train_files, config, hardware)
-    val_batches = evaluation_batches(
-        val_files,
-        image_size=config.image_size,
-        batch_size=_global_batch(config, hardware),
-        cache=config.cache,
-        name="val",
+    data = _Data(
+        train=train_files,
+        val=evaluation_batches(
+            val_files,
+            image_size=config.image_size,
+            batch_size=_global_batch(config, hardware),
+            cache=config.cache,
+            name="val",
+        ),
+        class_weight=_class_weight(config, train_files),
     )
+    history: list[EpochRecord] = []
+    members = [
+        _train_member(index, config, hardware, data, history, work_dir, [*callbacks], on_epoch)
+        for index in range(config.ensemble_size)
+    ]
+    served = serving_classifier(ensemble_classifier(members), config)
+    result = TrainResult(served, config, hardware, data.class_weight, history)
+    if len(members) > 1:
+        result.ensemble_val_auc = _roc_auc(served, data.val)
+    return result
+
+
+def _train_member(
+    index: int,
+    config: TrainConfig,
+    hardware: Hardware,
+    data: _Data,
+    history: list[EpochRecord],
+    work_dir: Path,
+    callbacks: list[keras.callbacks.Callback],
+    on_epoch: OnEpoch | None,
+) -> keras.Model:
+    """Train one model (member `index` of an ensemble) through its phases; return it, in
+    float32, with its best epoch's weights."""
+    member = config.member(index)
+    # A long-lived process (a worker, the demo) trains week after week: without this, each
+    # new model is built and traced beside every earlier one, and training slows down.
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(member.seed)
+    strategy = _strategy(hardware)
+    name = CLASSIFIER_NAME if config.ensemble_size == 1 else member_name(index)
+    with dtype_policy(hardware.precision), strategy.scope():
+        model = build_classifier(member, resolve_weights(member), name=name)
+    train_batches = _training_batches(data.train, member, hardware)
+    if config.ensemble_size > 1:
+        work_dir = work_dir / f"member-{index + 1}"
     best_file = work_dir / BEST_WEIGHTS_FILE
     work_dir.mkdir(parents=True, exist_ok=True)
     best_file.unlink(missing_ok=True)
-    recorder = _EpochRecorder(result, train_batches, on_epoch)
+    recorder = _EpochRecorder(
+        history, train_batches.images, on_epoch, member=index + 1, members=config.ensemble_size
+    )
     best: float | None = None
-    for phase, epochs, learning_rate in _phases(config):
+    for phase, epochs, learning_rate in _phases(member):
         with strategy.scope():
-            rate = phase_learning_rate(learning_rate, epochs, train_batches.steps, config)
-            _prepare_phase(model, phase, rate, config)
+            rate = phase_learning_rate(learning_rate, epochs, train_batches.steps, member)
+            _prepare_phase(model, phase, rate, member)
         recorder.phase = phase
-        fit_callbacks = [recorder, *callbacks]
         best = _fit_phase(
-            model, epochs, train_batches, val_batches, result, best_file, best, fit_callbacks
+            model,
+            _Phase(member, epochs, recorder.epochs_done, best_file, best),
+            train_batches,
+            data,
+            [recorder, *callbacks],
         )
     if best_file.exists():
         model.load_weights(best_file)
-    trained = float32_copy(model, config) if hardware.precision != "float32" else model
-    result.model = serving_classifier(trained, config)
-    return result
+    return float32_copy(model, member) if hardware.precision != "float32" else model
+
+
+def _roc_auc(model: keras.Model, batches: Batches) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.concatenate([np.asarray(y) for _, y in batches.dataset.as_numpy_iterator()])
+    probabilities = model.predict(batches.dataset, verbose=0)
+    return float(roc_auc_score(labels.ravel(), np.asarray(probabilities).ravel()))
 
 
 def _prepare_phase(
@@ -191,27 +265,32 @@ def _phases(config: TrainConfig) -> Iterator[tuple[str, int, float]]:
         yield "fine-tune", config.epochs, config.learning_rate
 
 
+@dataclass(frozen=True)
+class _Phase:
+    config: TrainConfig  # the member's
+    epochs: int
+    done: int  # the member's epochs before this phase
+    best_file: Path
+    best: float | None  # the member's best val ROC AUC before this phase
+
+
 def _fit_phase(
     model: keras.Model,
-    epochs: int,
+    phase: _Phase,
     train: Batches,
-    val: Batches,
-    result: TrainResult,
-    best_file: Path,
-    best: float | None,
+    data: _Data,
     callbacks: list[keras.callbacks.Callback],
 ) -> float | None:
     """Run one phase; return the best val ROC AUC so far (carried into the next phase so
     that the checkpoint only ever moves to a better epoch)."""
-    config = result.config
-    done = len(result.history)
+    config = phase.config
     checkpoint = keras.callbacks.ModelCheckpoint(
-        best_file,
+        phase.best_file,
         monitor=MONITOR,
         mode="max",
         save_best_only=True,
         save_weights_only=True,
-        initial_value_threshold=best,
+        initial_value_threshold=phase.best,
     )
     stop = keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)
     # The average is put in place before validation and before the checkpoint (hence
@@ -221,26 +300,36 @@ def _fit_phase(
     )
     model.fit(
         train.dataset,
-        validation_data=val.dataset,
-        initial_epoch=done,
-        epochs=done + epochs,
-        class_weight=result.class_weight,
+        validation_data=data.val.dataset,
+        initial_epoch=phase.done,
+        epochs=phase.done + phase.epochs,
+        class_weight=data.class_weight,
         callbacks=[*averaging, checkpoint, stop, *callbacks],
         shuffle=False,  # the tf.data pipeline shuffles, reproducibly
         verbose=0,
     )
-    return checkpoint.best if np.isfinite(checkpoint.best) else best
+    return checkpoint.best if np.isfinite(checkpoint.best) else phase.best
 
 
 class _EpochRecorder(keras.callbacks.Callback):
     """Keeps each epoch's metrics, time and images seen, and tells `on_epoch`."""
 
-    def __init__(self, result: TrainResult, train: Batches, on_epoch: OnEpoch | None) -> None:
+    def __init__(
+        self,
+        history: list[EpochRecord],
+        images: int,
+        on_epoch: OnEpoch | None,
+        member: int = 1,
+        members: int = 1,
+    ) -> None:
         super().__init__()
-        self.result = result
-        self.images = train.images
+        self.history = history
+        self.images = images
         self.on_epoch = on_epoch
+        self.member = member
+        self.members = members
         self.phase = ""
+        self.epochs_done = 0
         self._started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -253,8 +342,11 @@ class _EpochRecorder(keras.callbacks.Callback):
             metrics={key: float(value) for key, value in (logs or {}).items()},
             seconds=time.perf_counter() - self._started,
             images=self.images,
+            member=self.member,
+            members=self.members,
         )
-        self.result.history.append(record)
+        self.history.append(record)
+        self.epochs_done = record.epoch
         if self.on_epoch is not None:
             self.on_epoch(record)
 

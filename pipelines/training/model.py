@@ -8,7 +8,7 @@ transfer-learning guide).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
@@ -28,6 +28,7 @@ IMAGENET_NOTOP_URL = (
 )
 IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 BASE_NAME = "resnet50"
+CLASSIFIER_NAME = "melanoma_resnet50"
 SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 DIHEDRAL_VIEWS = 8  # the flips and quarter turns that leave a square image square
 
@@ -79,7 +80,9 @@ def resolve_weights(
     return str(weights_file)
 
 
-def build_classifier(config: TrainConfig, weights_file: str | None) -> keras.Model:
+def build_classifier(
+    config: TrainConfig, weights_file: str | None, name: str = CLASSIFIER_NAME
+) -> keras.Model:
     """ResNet50 base, global pooling, dropout and one sigmoid unit, all under the current
     dtype policy except the input steps and the output, which stay float32."""
     size = config.image_size
@@ -96,7 +99,24 @@ def build_classifier(config: TrainConfig, weights_file: str | None) -> keras.Mod
     probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="melanoma")(
         dropped
     )
-    return keras.Model(images, probability, name="melanoma_resnet50")
+    return keras.Model(images, probability, name=name)
+
+
+def member_name(index: int) -> str:
+    """The name of the ensemble's member `index` (from 0): unique within the ensemble."""
+    return f"{CLASSIFIER_NAME}_member_{index + 1}"
+
+
+def ensemble_classifier(members: Sequence[keras.Model]) -> keras.Model:
+    """One model whose answer is the mean of its members' probabilities (each member takes
+    raw images and resizes them itself). Members trained from different seeds make
+    different mistakes, so their mean ranks lesions better than any one of them."""
+    if len(members) == 1:
+        return members[0]
+    images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
+    probabilities = [member(images) for member in members]
+    mean = keras.layers.Average(dtype="float32", name="mean_over_members")(probabilities)
+    return keras.Model(images, mean, name=f"{CLASSIFIER_NAME}_ensemble")
 
 
 @keras.saving.register_keras_serializable(package="cme")
@@ -246,7 +266,7 @@ def float32_copy(model: keras.Model, config: TrainConfig) -> keras.Model:
     """The same classifier with every layer in float32, for CPU serving after a
     mixed-precision run (whose variables are float32 already)."""
     with dtype_policy("float32"):
-        twin = build_classifier(config, weights_file=None)
+        twin = build_classifier(config, weights_file=None, name=model.name)
     twin.set_weights(model.get_weights())
     return twin
 

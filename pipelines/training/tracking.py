@@ -16,9 +16,10 @@ import matplotlib
 matplotlib.use("Agg")  # no display on workers; must precede pyplot
 import matplotlib.pyplot as plt
 import mlflow
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from pipelines.training.fit import TrainResult
+from pipelines.training.fit import MONITOR, EpochRecord, TrainResult
 from pipelines.training.pyfunc import (
     IMAGE_COLUMN,
     KERAS_ARTIFACT,
@@ -50,13 +51,14 @@ class Lineage:
         }
 
 
-class EpochMetricsToMlflow(keras.callbacks.Callback):
-    """Logs every epoch's metrics to the active run as it ends, so a reviewer can watch a
-    long run in the MLflow UI."""
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        metrics = {key: float(value) for key, value in (logs or {}).items()}
-        mlflow.log_metrics(metrics, step=epoch + 1)
+def log_epoch(record: EpochRecord) -> None:
+    """Log one epoch's metrics to the active run as it ends, so a reviewer can watch a long
+    run in the MLflow UI; an ensemble's members each have their own curves
+    (`member_2/val_auc`)."""
+    prefix = f"member_{record.member}/" if record.members > 1 else ""
+    mlflow.log_metrics(
+        {f"{prefix}{key}": value for key, value in record.metrics.items()}, step=record.epoch
+    )
 
 
 def log_run_inputs(config_params: Mapping[str, Any], data_params: Mapping[str, Any]) -> None:
@@ -66,11 +68,9 @@ def log_run_inputs(config_params: Mapping[str, Any], data_params: Mapping[str, A
 
 def log_result(result: TrainResult, example_image: bytes, model_name: str | None = None) -> str:
     """Log the summary metrics, the learning curve and the model; return the model's URI."""
-    best = result.best
     mlflow.log_metrics(
         {
-            "best_epoch": best.epoch,
-            **{f"best_{key}": value for key, value in best.metrics.items()},
+            **_best_metrics(result),
             "epochs_run": len(result.history),
             "train_seconds": sum(record.seconds for record in result.history),
             "train_images_per_second": result.training_images_per_second,
@@ -82,6 +82,19 @@ def log_result(result: TrainResult, example_image: bytes, model_name: str | None
     return log_classifier(
         result.model, result.config.image_size, result.config.threshold, example_image, model_name
     )
+
+
+def _best_metrics(result: TrainResult) -> dict[str, float]:
+    """The best epoch's metrics; for an ensemble, each member's best epoch and validation
+    ROC AUC, and the served ensemble's."""
+    if result.ensemble_val_auc is None:
+        best = result.best
+        return {"best_epoch": best.epoch, **{f"best_{k}": v for k, v in best.metrics.items()}}
+    metrics = {"ensemble_val_auc": result.ensemble_val_auc}
+    for best in result.member_bests():
+        metrics[f"member_{best.member}/best_epoch"] = best.epoch
+        metrics[f"member_{best.member}/best_val_auc"] = best.metrics.get(MONITOR, float("nan"))
+    return metrics
 
 
 def log_classifier(
@@ -136,20 +149,39 @@ def _tensorflow_distribution() -> str:
 
 
 def learning_curve(result: TrainResult) -> Figure:
-    """Loss and ROC AUC per epoch, train and validation, with the phases marked."""
-    history = result.history
+    """Loss and ROC AUC per epoch, train and validation (of each member of an ensemble),
+    with the phases marked."""
     figure, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(10, 4), constrained_layout=True)
-    epochs = [record.epoch for record in history]
     for axis, (key, title) in zip(axes, CURVE_METRICS, strict=True):
-        for prefix, label in (("", "train"), ("val_", "validation")):
-            values = [record.metrics.get(f"{prefix}{key}", float("nan")) for record in history]
-            axis.plot(epochs, values, marker="o", label=label)
-        for record, following in itertools.pairwise(history):
-            if following.phase != record.phase:
-                axis.axvline(record.epoch + 0.5, color="grey", linestyle="--", linewidth=1)
+        for member in result.member_bests():
+            _plot_member(axis, result.history, member, key)
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.legend()
-    best = result.best
-    figure.suptitle(f"best epoch {best.epoch} (val ROC AUC {best.metrics.get('val_auc', 0):.3f})")
+    figure.suptitle(_curve_title(result))
     return figure
+
+
+def _plot_member(axis: Axes, history: list[EpochRecord], best: EpochRecord, key: str) -> None:
+    records = [record for record in history if record.member == best.member]
+    epochs = [record.epoch for record in records]
+    named = f"member {best.member} " if best.members > 1 else ""
+    for prefix, label in (("", "train"), ("val_", "validation")):
+        values = [record.metrics.get(f"{prefix}{key}", float("nan")) for record in records]
+        axis.plot(epochs, values, marker="o", label=f"{named}{label}")
+    for record, following in itertools.pairwise(records):
+        if following.phase != record.phase:
+            axis.axvline(record.epoch + 0.5, color="grey", linestyle="--", linewidth=1)
+
+
+def _curve_title(result: TrainResult) -> str:
+    if result.ensemble_val_auc is not None:
+        bests = ", ".join(
+            f"{best.epoch} ({best.metrics.get(MONITOR, 0):.3f})" for best in result.member_bests()
+        )
+        return (
+            f"ensemble of {len(result.member_bests())}: val ROC AUC "
+            f"{result.ensemble_val_auc:.3f}; members' best epochs {bests}"
+        )
+    best = result.best
+    return f"best epoch {best.epoch} (val ROC AUC {best.metrics.get(MONITOR, 0):.3f})"

@@ -162,3 +162,56 @@ def test_train_before_any_snapshot_says_what_to_do(tmp_path):
                  cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert "no snapshot to train on yet: take one with `cme snapshot`" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def ensemble(project: Path, tracking: MlflowClient) -> dict:
+    """`cme train -S train.ensemble_size=2` on the same snapshot, served without TTA."""
+    record = project / "ensemble.json"
+    trained = run(
+        "cme", "train", "--record", str(record),
+        "-S", "train.ensemble_size=2", "-S", "train.test_time_augmentation=none",
+        cwd=project,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "member 2/2 epoch   2 fine-tune" in trained.stdout
+    assert "ensemble: val ROC AUC" in trained.stdout
+    return json.loads(record.read_text())
+
+
+def test_an_ensemble_serves_the_mean_of_members_trained_from_their_own_seeds(
+    project, tracking, ensemble
+):
+    run_ = tracking.get_run(ensemble["run_id"])
+    for member in (1, 2):  # each member's curve, epoch by epoch
+        history = tracking.get_metric_history(run_.info.run_id, f"member_{member}/val_auc")
+        assert [metric.step for metric in history] == [1, 2]
+        assert run_.data.metrics[f"member_{member}/best_epoch"] in (1, 2)
+    assert [m["best_epoch"] for m in ensemble["members"]] == [
+        run_.data.metrics[f"member_{member}/best_epoch"] for member in (1, 2)
+    ]
+
+    manifest = pd.read_csv(
+        project / "data" / "snapshots" / ensemble["snapshot_id"] / "manifest.csv"
+    )
+    val = labelled_files(manifest, project / "data", "val")
+    images = np.concatenate(
+        [batch for batch, _ in evaluation_batches(
+            val, image_size=32, batch_size=8, cache="none", name="v"
+        ).dataset.as_numpy_iterator()]
+    )  # fmt: skip
+    folder = Path(mlflow.artifacts.download_artifacts(ensemble["model_uri"]))
+    served = keras.saving.load_model(folder / "artifacts" / "classifier.keras", compile=False)
+    members = [layer for layer in served.layers if isinstance(layer, keras.Model)]
+    answers = [np.asarray(member.predict(images, verbose=0)).ravel() for member in members]
+
+    assert len(members) == 2
+    assert np.abs(answers[0] - answers[1]).max() > 1e-3  # two seeds, two different models
+    pyfunc = mlflow.pyfunc.load_model(ensemble["model_uri"])
+    predicted = pyfunc.predict(pd.DataFrame({"image": [Path(f).read_bytes() for f in val.files]}))
+    np.testing.assert_allclose(predicted["probability"], np.mean(answers, axis=0), atol=1e-5)
+    from sklearn.metrics import roc_auc_score
+
+    assert run_.data.metrics["ensemble_val_auc"] == pytest.approx(
+        roc_auc_score(val.labels, predicted["probability"]), abs=1e-6
+    )

@@ -240,3 +240,15 @@ def test_a_weight_average_momentum_of_one_or_more_is_refused(tmp_path):
         TrainConfig(ema_momentum=1.0)
     with pytest.raises(ParamsError, match=r"train\.ema_momentum"):
         load_params(tmp_path / "params.yaml", ["train.ema_momentum=1.5"])
+
+
+def test_an_ensemble_needs_at_least_one_member_and_each_member_has_its_own_seed(tmp_path):
+    with pytest.raises(TrainConfigError, match=r"train\.ensemble_size=0"):
+        TrainConfig(ensemble_size=0)
+    with pytest.raises(ParamsError, match=r"train\.ensemble_size"):
+        load_params(tmp_path / "params.yaml", ["train.ensemble_size=0"])
+    config = load_params(tmp_path / "params.yaml", ["train.ensemble_size=3"]).train.config()
+    members = [config.member(index) for index in range(config.ensemble_size)]
+    assert [member.seed for member in members] == [42, 43, 44]
+    assert {member.ensemble_size for member in members} == {1}
+    assert {member.learning_rate for member in members} == {config.learning_rate}
