@@ -127,7 +127,6 @@ def train_classifier(
     config: TrainConfig,
     *,
     work_dir: Path,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
     on_epoch: OnEpoch | None = None,
 ) -> TrainResult:
     """Fine-tune a ResNet50 classifier on the train split, choosing the best epoch on val;
@@ -151,7 +150,7 @@ def train_classifier(
     )
     history: list[EpochRecord] = []
     members = [
-        _train_member(index, config, hardware, data, history, work_dir, [*callbacks], on_epoch)
+        _train_member(index, config, hardware, data, history, work_dir, on_epoch)
         for index in range(config.ensemble_size)
     ]
     served = serving_classifier(ensemble_classifier(members), config)
@@ -168,7 +167,6 @@ def _train_member(
     data: _Data,
     history: list[EpochRecord],
     work_dir: Path,
-    callbacks: list[keras.callbacks.Callback],
     on_epoch: OnEpoch | None,
 ) -> keras.Model:
     """Train one model (member `index` of an ensemble) through its phases; return it, in
@@ -202,7 +200,7 @@ def _train_member(
             _Phase(member, epochs, recorder.epochs_done, best_file, best),
             train_batches,
             data,
-            [recorder, *callbacks],
+            [recorder],
         )
     if best_file.exists():
         model.load_weights(best_file)
