@@ -129,6 +129,7 @@ class TrainParams(_Section):
     warmup_epochs: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0, lt=1)
     ema_momentum: float = Field(default=0.0, ge=0, lt=1)
+    gradient_clip_norm: float = Field(default=0.0, ge=0)
     patience: int = Field(default=3, ge=1)
     imbalance: Literal["class_weight", "oversample", "none"] = "class_weight"
     augmentation: bool = True

@@ -50,6 +50,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # cosine only: linear rise from 0 to the phase's rate first
     weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay
     ema_momentum: float = 0.0  # > 0: validate, keep and serve an average of the weights
+    gradient_clip_norm: float = 0.0  # > 0: clip each step's gradients to this global norm
     patience: int = 3
     imbalance: Imbalance = "class_weight"
     augmentation: Augmentation = Augmentation()
@@ -81,6 +82,11 @@ class TrainConfig:
             raise TrainConfigError(
                 f"train.ema_momentum={self.ema_momentum}: expected 0 (off) or a momentum "
                 "below 1, e.g. 0.999"
+            )
+        if self.gradient_clip_norm < 0:
+            raise TrainConfigError(
+                f"train.gradient_clip_norm={self.gradient_clip_norm}: expected 0 (off) or a "
+                "positive global norm, e.g. 1.0"
             )
         if self.ensemble_size < 1:
             raise TrainConfigError(

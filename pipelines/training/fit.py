@@ -228,6 +228,7 @@ def _prepare_phase(
         config.threshold,
         weight_decay=config.weight_decay,
         ema_momentum=config.ema_momentum,
+        gradient_clip_norm=config.gradient_clip_norm,
     )
 
 

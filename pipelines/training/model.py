@@ -237,16 +237,22 @@ def compile_classifier(
     jit_compile: bool | str = False,
     weight_decay: float = 0.0,
     ema_momentum: float = 0.0,
+    gradient_clip_norm: float = 0.0,
 ) -> None:
     """`ema_momentum` > 0 makes the optimizer keep an exponential moving average of the
-    weights (swapped in for validation by `keras.callbacks.SwapEMAWeights`)."""
-    averaging: dict[str, Any] = (
-        {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum > 0 else {}
-    )
+    weights (swapped in for validation by `keras.callbacks.SwapEMAWeights`).
+    `gradient_clip_norm` > 0 rescales a step's gradients whose global norm exceeds it, so
+    one unusual batch cannot throw the weights far (Adam alone scales a spike down only by
+    the gradients' running size)."""
+    options: dict[str, Any] = {}
+    if ema_momentum > 0:
+        options |= {"use_ema": True, "ema_momentum": ema_momentum}
+    if gradient_clip_norm > 0:
+        options["global_clipnorm"] = gradient_clip_norm
     optimizer = (
-        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **averaging)
+        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **options)
         if weight_decay > 0
-        else keras.optimizers.Adam(learning_rate, **averaging)
+        else keras.optimizers.Adam(learning_rate, **options)
     )
     model.compile(
         optimizer=optimizer,

@@ -242,6 +242,38 @@ def test_a_weight_average_momentum_of_one_or_more_is_refused(tmp_path):
         load_params(tmp_path / "params.yaml", ["train.ema_momentum=1.5"])
 
 
+def _drift_after_a_spike(gradient_clip_norm: float) -> float:
+    """How far the weights end from where the same AdamW (with a weight average, as the
+    bench trains) takes them when one of 40 batches has a gradient 1,000 times the usual:
+    Adam's momentum carries a spike on for steps after it."""
+    usual = np.random.default_rng(1).normal(0, 0.05, (40, 9))
+    spiked = usual.copy()
+    spiked[20] *= 1000
+    ends = []
+    for gradients in (usual, spiked):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1, activation="sigmoid")])
+        compile_classifier(
+            model, 1e-3, threshold=0.5, weight_decay=0.05, ema_momentum=0.99,
+            gradient_clip_norm=gradient_clip_norm,
+        )  # fmt: skip
+        weights = model.trainable_variables
+        for row in gradients:
+            model.optimizer.apply_gradients(zip([row[:8, None], row[8:]], weights, strict=True))
+        ends.append(np.concatenate([np.ravel(w.numpy()) for w in weights]))
+    return float(np.linalg.norm(ends[1] - ends[0]))
+
+
+def test_gradient_clipping_keeps_one_spiking_batch_from_throwing_the_weights(tmp_path):
+    unclipped, clipped = _drift_after_a_spike(0.0), _drift_after_a_spike(0.5)
+
+    assert clipped < unclipped / 3, (clipped, unclipped)
+    assert load_params(tmp_path / "params.yaml", ["train.gradient_clip_norm=1.0"]).train.config(
+    ).gradient_clip_norm == pytest.approx(1.0)  # fmt: skip
+    with pytest.raises(TrainConfigError, match=r"train\.gradient_clip_norm=-1"):
+        TrainConfig(gradient_clip_norm=-1.0)
+
+
 def test_an_ensemble_needs_at_least_one_member_and_each_member_has_its_own_seed(tmp_path):
     with pytest.raises(TrainConfigError, match=r"train\.ensemble_size=0"):
         TrainConfig(ensemble_size=0)
