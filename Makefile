@@ -33,7 +33,7 @@ backtest: setup ## Replay ../shared/data/ham10000 as weekly arrivals; report und
 		--out .cme/backtest/$$(date +%Y%m%dT%H%M%S) $(BACKTEST_TRAIN)
 
 test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
-	$(UV) run --locked pytest -n 2 $(PYTEST_ARGS)
+	$(UV) run --locked pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint + format check) and mypy on the domain packages and the benches.
 	$(UV) run --locked ruff check .
