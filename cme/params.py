@@ -130,6 +130,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(default=0.0, ge=0, lt=1)
     ema_momentum: float = Field(default=0.0, ge=0, lt=1)
     gradient_clip_norm: float = Field(default=0.0, ge=0)
+    diagnosis_weight: float = Field(default=0.0, ge=0)
     patience: int = Field(default=3, ge=1)
     imbalance: Literal["class_weight", "oversample", "none"] = "class_weight"
     augmentation: bool = True

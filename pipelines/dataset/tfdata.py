@@ -3,6 +3,9 @@ augmentation of training images only, prefetch.
 
 Images leave the pipeline as float32 RGB in 0..255 at `image_size` pixels: the model does
 its own `preprocess_input`, so what it is fed here is what a clinical system would send.
+Batches are (images, melanoma labels); with `diagnosis`, the inputs are a dict that also
+holds each image's diagnosis (an index into `DIAGNOSIS_CLASSES`), for a model that learns
+the diagnosis beside melanoma.
 """
 
 from __future__ import annotations
@@ -17,18 +20,24 @@ import pandas as pd
 import tensorflow as tf
 
 from pipelines.dataset.split import Split
-from pipelines.training.config import Augmentation
+from pipelines.training.config import Augmentation, TrainingDataError
+from registry.labels.domain import DIAGNOSES
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER_LIMIT = 8192
+DIAGNOSIS_CLASSES: tuple[str, ...] = tuple(sorted(DIAGNOSES))
+IMAGE_INPUT = "image"
+DIAGNOSIS_INPUT = "diagnosis"
 
 
 @dataclass(frozen=True)
 class LabelledFiles:
-    """The image files of one split with their labels (1 = melanoma)."""
+    """The image files of one split with their labels (1 = melanoma) and diagnoses (an
+    index into `DIAGNOSIS_CLASSES`)."""
 
     files: tuple[str, ...]
     labels: np.ndarray
+    diagnoses: np.ndarray
 
     def __len__(self) -> int:
         return len(self.files)
@@ -48,7 +57,20 @@ class Batches:
 def labelled_files(manifest: pd.DataFrame, data_dir: Path, split: Split) -> LabelledFiles:
     rows = manifest[manifest["split"] == split]
     files = tuple(str(data_dir / path) for path in rows["path"])
-    return LabelledFiles(files, rows["label"].to_numpy(dtype=np.float32))
+    return LabelledFiles(files, rows["label"].to_numpy(dtype=np.float32), diagnosis_indices(rows))
+
+
+def diagnosis_indices(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's `dx` as its index in `DIAGNOSIS_CLASSES`."""
+    index = {dx: position for position, dx in enumerate(DIAGNOSIS_CLASSES)}
+    unknown = rows[~rows["dx"].isin(list(index))]
+    if len(unknown):
+        first = unknown.iloc[0]
+        raise TrainingDataError(
+            f"image {first['image_id']}: diagnosis (dx) {first['dx']!r} is not one of "
+            f"{', '.join(DIAGNOSIS_CLASSES)} ({len(unknown)} such image(s) in the manifest)"
+        )
+    return np.asarray(rows["dx"].map(index), dtype=np.int32)
 
 
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -72,11 +94,14 @@ def resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
 def decoded_images(
     labelled: LabelledFiles, image_size: int, cache: str, cache_name: str
 ) -> tf.data.Dataset:
-    """(uint8 image, label) pairs, decoded in parallel and cached small (before any
-    augmentation, so that every epoch draws fresh random changes)."""
-    dataset = tf.data.Dataset.from_tensor_slices((list(labelled.files), labelled.labels))
+    """(uint8 image, label, diagnosis) triples, decoded in parallel and cached small (before
+    any augmentation, so that every epoch draws fresh random changes)."""
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (list(labelled.files), labelled.labels, labelled.diagnoses)
+    )
     dataset = dataset.map(
-        lambda path, label: (load_image(path, image_size), label), num_parallel_calls=AUTOTUNE
+        lambda path, label, dx: (load_image(path, image_size), label, dx),
+        num_parallel_calls=AUTOTUNE,
     )
     if cache == "memory":
         return dataset.cache()
@@ -95,6 +120,7 @@ def training_batches(
     seed: int,
     cache: str,
     oversample: bool,
+    diagnosis: bool = False,
 ) -> Batches:
     """Shuffled, augmented batches of the training split. With `oversample`, each
     melanoma image is repeated about as often as it takes to match the other class; the
@@ -103,7 +129,7 @@ def training_batches(
     repeats = melanoma_repeats(labelled.labels) if oversample else 1
     if repeats > 1:
         dataset = dataset.flat_map(
-            lambda image, label: tf.data.Dataset.from_tensors((image, label)).repeat(
+            lambda image, label, dx: tf.data.Dataset.from_tensors((image, label, dx)).repeat(
                 tf.where(label > 0.5, tf.constant(repeats, tf.int64), tf.constant(1, tf.int64))
             )
         )
@@ -112,23 +138,40 @@ def training_batches(
     if augmentation.enabled:
         seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda pair, pair_seed: (augment(pair[0], pair_seed, augmentation), pair[1]),
+            lambda case, case_seed: (augment(case[0], case_seed, augmentation), *case[1:]),
             num_parallel_calls=AUTOTUNE,
         )
-    else:
-        dataset = dataset.map(lambda image, label: (tf.cast(image, tf.float32), label))
-    batches = dataset.batch(batch_size).prefetch(AUTOTUNE)
-    return Batches(batches, epoch_size, math.ceil(epoch_size / batch_size))
+    return _batched(dataset, batch_size, diagnosis, epoch_size)
 
 
 def evaluation_batches(
-    labelled: LabelledFiles, *, image_size: int, batch_size: int, cache: str, name: str
+    labelled: LabelledFiles,
+    *,
+    image_size: int,
+    batch_size: int,
+    cache: str,
+    name: str,
+    diagnosis: bool = False,
 ) -> Batches:
     """Batches of a validation or test split, in manifest order, never augmented."""
     dataset = decoded_images(labelled, image_size, cache, f"{name}-{image_size}")
-    dataset = dataset.map(lambda image, label: (tf.cast(image, tf.float32), label))
+    return _batched(dataset, batch_size, diagnosis, len(labelled))
+
+
+def _batched(dataset: tf.data.Dataset, batch_size: int, diagnosis: bool, images: int) -> Batches:
+    """(image, label, diagnosis) triples to batches of (inputs, labels) as the model takes
+    them: images alone, or with `diagnosis` a dict of images and diagnoses."""
+    if diagnosis:
+        dataset = dataset.map(
+            lambda image, label, dx: (
+                {IMAGE_INPUT: tf.cast(image, tf.float32), DIAGNOSIS_INPUT: dx},
+                label,
+            )
+        )
+    else:
+        dataset = dataset.map(lambda image, label, dx: (tf.cast(image, tf.float32), label))
     batches = dataset.batch(batch_size).prefetch(AUTOTUNE)
-    return Batches(batches, len(labelled), math.ceil(len(labelled) / batch_size))
+    return Batches(batches, images, math.ceil(images / batch_size))
 
 
 def melanoma_repeats(labels: Sequence[float] | np.ndarray) -> int:

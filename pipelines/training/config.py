@@ -51,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay
     ema_momentum: float = 0.0  # > 0: validate, keep and serve an average of the weights
     gradient_clip_norm: float = 0.0  # > 0: clip each step's gradients to this global norm
+    diagnosis_weight: float = 0.0  # > 0: a second head also learns the seven-way diagnosis
     patience: int = 3
     imbalance: Imbalance = "class_weight"
     augmentation: Augmentation = Augmentation()
@@ -88,6 +89,11 @@ class TrainConfig:
                 f"train.gradient_clip_norm={self.gradient_clip_norm}: expected 0 (off) or a "
                 "positive global norm, e.g. 1.0"
             )
+        if self.diagnosis_weight < 0:
+            raise TrainConfigError(
+                f"train.diagnosis_weight={self.diagnosis_weight}: expected 0 (off) or a "
+                "positive weight of the diagnosis loss, e.g. 0.5"
+            )
         if self.ensemble_size < 1:
             raise TrainConfigError(
                 f"train.ensemble_size={self.ensemble_size}: expected 1 (one model) or more"
@@ -102,6 +108,10 @@ class TrainConfig:
     @property
     def averages_weights(self) -> bool:
         return self.ema_momentum > 0
+
+    @property
+    def learns_diagnosis(self) -> bool:
+        return self.diagnosis_weight > 0
 
     def member(self, index: int) -> TrainConfig:
         """The settings of the ensemble's member `index` (from 0): the same recipe with its

@@ -22,6 +22,7 @@ import pandas as pd
 import tensorflow as tf
 
 from pipelines.dataset.tfdata import (
+    IMAGE_INPUT,
     Batches,
     LabelledFiles,
     evaluation_batches,
@@ -43,6 +44,7 @@ from pipelines.training.model import (
     resolve_weights,
     serving_classifier,
     unfreeze_from,
+    with_diagnosis_head,
 )
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
@@ -145,6 +147,7 @@ def train_classifier(
             batch_size=_global_batch(config, hardware),
             cache=config.cache,
             name="val",
+            diagnosis=config.learns_diagnosis,
         ),
         class_weight=_class_weight(config, train_files),
     )
@@ -180,6 +183,8 @@ def _train_member(
     name = CLASSIFIER_NAME if config.ensemble_size == 1 else member_name(index)
     with dtype_policy(hardware.precision), strategy.scope():
         model = build_classifier(member, resolve_weights(member), name=name)
+        # What is trained: the classifier itself, or it with the diagnosis head beside.
+        trained = with_diagnosis_head(model, member) if member.learns_diagnosis else model
     train_batches = _training_batches(data.train, member, hardware)
     if config.ensemble_size > 1:
         work_dir = work_dir / f"member-{index + 1}"
@@ -193,17 +198,17 @@ def _train_member(
     for phase, epochs, learning_rate in _phases(member):
         with strategy.scope():
             rate = phase_learning_rate(learning_rate, epochs, train_batches.steps, member)
-            _prepare_phase(model, phase, rate, member)
+            _prepare_phase(trained, phase, rate, member)
         recorder.phase = phase
         best = _fit_phase(
-            model,
+            trained,
             _Phase(member, epochs, recorder.epochs_done, best_file, best),
             train_batches,
             data,
             [recorder],
         )
     if best_file.exists():
-        model.load_weights(best_file)
+        trained.load_weights(best_file)
     return float32_copy(model, member) if hardware.precision != "float32" else model
 
 
@@ -211,7 +216,10 @@ def _roc_auc(model: keras.Model, batches: Batches) -> float:
     from sklearn.metrics import roc_auc_score
 
     labels = np.concatenate([np.asarray(y) for _, y in batches.dataset.as_numpy_iterator()])
-    probabilities = model.predict(batches.dataset, verbose=0)
+    images = batches.dataset.map(
+        lambda inputs, _: inputs[IMAGE_INPUT] if isinstance(inputs, dict) else inputs
+    )
+    probabilities = model.predict(images, verbose=0)
     return float(roc_auc_score(labels.ravel(), np.asarray(probabilities).ravel()))
 
 
@@ -379,4 +387,5 @@ def _training_batches(files: LabelledFiles, config: TrainConfig, hardware: Hardw
         seed=config.seed,
         cache=config.cache,
         oversample=config.imbalance == "oversample",
+        diagnosis=config.learns_diagnosis,
     )

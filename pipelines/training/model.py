@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 import keras
 
+from pipelines.dataset.tfdata import DIAGNOSIS_CLASSES, DIAGNOSIS_INPUT, IMAGE_INPUT
 from pipelines.training.config import (
     ALL_LAYERS,
     IMAGENET,
@@ -29,6 +30,7 @@ IMAGENET_NOTOP_URL = (
 IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 BASE_NAME = "resnet50"
 CLASSIFIER_NAME = "melanoma_resnet50"
+FEATURES_NAME = "dropout"  # the pooled features (after dropout) that the heads read
 SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 DIHEDRAL_VIEWS = 8  # the flips and quarter turns that leave a square image square
 
@@ -86,7 +88,7 @@ def build_classifier(
     """ResNet50 base, global pooling, dropout and one sigmoid unit, all under the current
     dtype policy except the input steps and the output, which stay float32."""
     size = config.image_size
-    images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
+    images = keras.Input(shape=(None, None, 3), dtype="float32", name=IMAGE_INPUT)
     resized = _resize_to(size)(images)
     preprocessed = ResNet50Preprocessing(dtype="float32", name="preprocess")(resized)
     base = _resnet50(size, weights_file)
@@ -95,11 +97,54 @@ def build_classifier(
     # From scratch there are no statistics to keep: batch normalisation must learn them.
     features = base(preprocessed, training=False if config.pretrained else None)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
-    dropped = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(pooled)
+    dropped = keras.layers.Dropout(config.dropout, seed=config.seed, name=FEATURES_NAME)(pooled)
     probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="melanoma")(
         dropped
     )
     return keras.Model(images, probability, name=name)
+
+
+@keras.saving.register_keras_serializable(package="cme")
+class DiagnosisLoss(keras.layers.Layer):
+    """Adds the diagnosis head's cross-entropy, times `weight`, to the training loss, and
+    passes the melanoma probability through unchanged: the head is trained with the model
+    but takes no part in its answer."""
+
+    def __init__(self, weight: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.weight = weight
+
+    def call(self, inputs: Sequence[Any]) -> Any:
+        melanoma, diagnosis_probabilities, diagnosis = inputs
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(
+            diagnosis, diagnosis_probabilities
+        )
+        self.add_loss(self.weight * keras.ops.mean(cross_entropy))
+        return melanoma
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "weight": self.weight}
+
+
+def with_diagnosis_head(classifier: keras.Model, config: TrainConfig) -> keras.Model:
+    """The model trained when `train.diagnosis_weight` > 0: the classifier plus a softmax
+    head over the seven diagnoses (nevus, keratosis, carcinoma, ...) on the same pooled
+    features. From scratch, one melanoma bit per image is a thin signal; which of seven
+    lesions an image shows gives the features more to learn from. It shares the
+    classifier's layers, so training it trains the classifier, which is served alone."""
+    features = classifier.get_layer(FEATURES_NAME).output
+    probabilities = keras.layers.Dense(
+        len(DIAGNOSIS_CLASSES), activation="softmax", dtype="float32", name="diagnosis_head"
+    )(features)
+    diagnosis = keras.Input(shape=(), dtype="int32", name=DIAGNOSIS_INPUT)
+    melanoma = DiagnosisLoss(config.diagnosis_weight, dtype="float32", name="diagnosis_loss")(
+        [classifier.output, probabilities, diagnosis]
+    )
+    return keras.Model(
+        {IMAGE_INPUT: classifier.input, DIAGNOSIS_INPUT: diagnosis},
+        melanoma,
+        name=f"{classifier.name}_with_diagnosis",
+    )
 
 
 def member_name(index: int) -> str:
@@ -113,7 +158,7 @@ def ensemble_classifier(members: Sequence[keras.Model]) -> keras.Model:
     different mistakes, so their mean ranks lesions better than any one of them."""
     if len(members) == 1:
         return members[0]
-    images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
+    images = keras.Input(shape=(None, None, 3), dtype="float32", name=IMAGE_INPUT)
     probabilities = [member(images) for member in members]
     mean = keras.layers.Average(dtype="float32", name="mean_over_members")(probabilities)
     return keras.Model(images, mean, name=f"{CLASSIFIER_NAME}_ensemble")
@@ -150,7 +195,7 @@ def serving_classifier(classifier: keras.Model, config: TrainConfig) -> keras.Mo
     and averaging steadies the answer), at 8 times the inference cost."""
     if config.test_time_augmentation == "none":
         return classifier
-    images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
+    images = keras.Input(shape=(None, None, 3), dtype="float32", name=IMAGE_INPUT)
     # Resized once here, so that a large photograph is not resized again for each view.
     square = _resize_to(config.image_size)(images)
     probabilities = [

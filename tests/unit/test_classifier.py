@@ -4,7 +4,9 @@ clearly why it cannot."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -12,7 +14,13 @@ import pandas as pd
 import pytest
 
 from cme.params import ParamsError, load_params
-from pipelines.dataset.tfdata import evaluation_batches, labelled_files
+from pipelines.dataset.tfdata import (
+    DIAGNOSIS_CLASSES,
+    DIAGNOSIS_INPUT,
+    IMAGE_INPUT,
+    evaluation_batches,
+    labelled_files,
+)
 from pipelines.training.config import TrainConfig, TrainConfigError
 from pipelines.training.fit import TrainResult, balanced_class_weight, train_classifier
 from pipelines.training.model import (
@@ -26,6 +34,7 @@ from pipelines.training.model import (
     resolve_weights,
     serving_classifier,
     unfreeze_from,
+    with_diagnosis_head,
 )
 from tests.training_support import sample_manifest
 
@@ -207,12 +216,23 @@ def test_without_test_time_augmentation_the_trained_model_is_served_as_it_is(
         load_params(tmp_path / "params.yaml", ["train.test_time_augmentation=flips"])
 
 
-def _tiny_run(manifest: pd.DataFrame, folder: Path, ema_momentum: float) -> TrainResult:
+def _tiny_run(
+    manifest: pd.DataFrame, folder: Path, ema_momentum: float = 0.0, epochs: int = 3, **extra: Any
+) -> TrainResult:
     config = TrainConfig(
-        image_size=32, batch_size=8, weights="none", unfreeze_from="all", epochs=3,
-        learning_rate=1e-3, patience=3, cache="none", ema_momentum=ema_momentum,
+        image_size=32, batch_size=8, weights="none", unfreeze_from="all", epochs=epochs,
+        learning_rate=1e-3, patience=3, cache="none", ema_momentum=ema_momentum, **extra,
     )  # fmt: skip
     return train_classifier(manifest, folder, config, work_dir=folder / "work")
+
+
+def _val_auc_as_served(result: TrainResult, manifest: pd.DataFrame, folder: Path) -> float:
+    val = evaluation_batches(
+        labelled_files(manifest, folder, "val"),
+        image_size=32, batch_size=8, cache="none", name="val",
+    )  # fmt: skip
+    compile_classifier(result.model, 1e-3, threshold=0.5)
+    return float(result.model.evaluate(val.dataset, verbose=0, return_dict=True)["auc"])
 
 
 @pytest.mark.slow
@@ -226,9 +246,8 @@ def test_with_weight_averaging_the_averaged_weights_are_validated_kept_and_serve
     plain = _tiny_run(manifest, tmp_path, ema_momentum=0.0)
 
     # the model returned scores on validation exactly what its best epoch reported
-    compile_classifier(averaged.model, 1e-3, threshold=0.5)
-    scored = averaged.model.evaluate(val.dataset, verbose=0, return_dict=True)
-    assert scored["auc"] == pytest.approx(averaged.best.metrics["val_auc"], abs=1e-6)
+    served_auc = _val_auc_as_served(averaged, manifest, tmp_path)
+    assert served_auc == pytest.approx(averaged.best.metrics["val_auc"], abs=1e-6)
     # and it is the average, not the last weights that the same seeded run would give
     images = np.concatenate([batch for batch, _ in val.dataset.as_numpy_iterator()])
     gap = np.abs(averaged.model.predict(images, verbose=0) - plain.model.predict(images, verbose=0))
@@ -284,3 +303,49 @@ def test_an_ensemble_needs_at_least_one_member_and_each_member_has_its_own_seed(
     assert [member.seed for member in members] == [42, 43, 44]
     assert {member.ensemble_size for member in members} == {1}
     assert {member.learning_rate for member in members} == {config.learning_rate}
+
+
+def test_the_diagnosis_head_adds_its_weighted_cross_entropy_to_the_loss(scratch_model):
+    trained = with_diagnosis_head(scratch_model, replace(SCRATCH, diagnosis_weight=0.5))
+    images = np.random.default_rng(3).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    melanoma = np.array([1, 0, 0, 1, 0, 0], dtype="float32")
+    diagnoses = np.array([DIAGNOSIS_CLASSES.index(dx) for dx in
+                          ("mel", "nv", "bkl", "mel", "bcc", "nv")], dtype="int32")  # fmt: skip
+    compile_classifier(trained, 1e-3, threshold=0.5)
+    compile_classifier(scratch_model, 1e-3, threshold=0.5)
+
+    inputs = {IMAGE_INPUT: images, DIAGNOSIS_INPUT: diagnoses}
+    total = trained.evaluate(inputs, melanoma, verbose=0, return_dict=True)["loss"]
+    melanoma_loss = scratch_model.evaluate(images, melanoma, verbose=0, return_dict=True)["loss"]
+    head = keras.Model(scratch_model.input, trained.get_layer("diagnosis_head").output)
+    probabilities = head.predict(images, verbose=0)
+    cross_entropy = -np.mean(np.log(probabilities[np.arange(6), diagnoses]))
+    assert total == pytest.approx(melanoma_loss + 0.5 * cross_entropy, rel=1e-4)
+    # the melanoma probability is the classifier's own, untouched by the head
+    np.testing.assert_allclose(
+        trained.predict(inputs, verbose=0), scratch_model.predict(images, verbose=0), atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_training_with_the_diagnosis_head_serves_the_melanoma_classifier_alone(tmp_path):
+    manifest = sample_manifest(tmp_path, n=32, seed=5, image_size=48)
+    result = _tiny_run(manifest, tmp_path, epochs=2, diagnosis_weight=1.0)
+
+    served = result.model
+    assert [layer.name for layer in served.layers if "diagnosis" in layer.name] == []
+    assert len(served.inputs) == 1
+    images = np.random.default_rng(0).uniform(0, 255, (3, 40, 40, 3)).astype("float32")
+    assert served.predict(images, verbose=0).shape == (3, 1)
+    # the weights served are the best epoch's, trained with the head beside them
+    served_auc = _val_auc_as_served(result, manifest, tmp_path)
+    assert served_auc == pytest.approx(result.best.metrics["val_auc"], abs=1e-6)
+
+
+def test_a_negative_diagnosis_weight_is_refused(tmp_path):
+    with pytest.raises(TrainConfigError, match=r"train\.diagnosis_weight=-0.5"):
+        TrainConfig(diagnosis_weight=-0.5)
+    with pytest.raises(ParamsError, match=r"train\.diagnosis_weight"):
+        load_params(tmp_path / "params.yaml", ["train.diagnosis_weight=-1"])
+    config = load_params(tmp_path / "params.yaml", ["train.diagnosis_weight=0.5"]).train.config()
+    assert config.learns_diagnosis and config.diagnosis_weight == pytest.approx(0.5)

@@ -12,6 +12,9 @@ import tensorflow as tf
 from PIL import Image
 
 from pipelines.dataset.tfdata import (
+    DIAGNOSIS_CLASSES,
+    DIAGNOSIS_INPUT,
+    IMAGE_INPUT,
     Batches,
     LabelledFiles,
     decode_image,
@@ -20,7 +23,7 @@ from pipelines.dataset.tfdata import (
     melanoma_repeats,
     training_batches,
 )
-from pipelines.training.config import Augmentation
+from pipelines.training.config import Augmentation, TrainingDataError
 from tests.training_support import sample_manifest
 
 SIZE = 32
@@ -42,11 +45,15 @@ def labels_of(dataset: tf.data.Dataset) -> np.ndarray:
 
 
 def batches(
-    split: LabelledFiles, augmentation: Augmentation, seed: int = 1, oversample: bool = False
+    split: LabelledFiles,
+    augmentation: Augmentation,
+    seed: int = 1,
+    oversample: bool = False,
+    diagnosis: bool = False,
 ) -> Batches:
     return training_batches(
         split, image_size=SIZE, batch_size=8, augmentation=augmentation, seed=seed,
-        cache="memory", oversample=oversample,
+        cache="memory", oversample=oversample, diagnosis=diagnosis,
     )  # fmt: skip
 
 
@@ -109,3 +116,38 @@ def test_decode_image_reads_jpeg_and_png_and_greyscale_as_rgb(image_format):
 
     assert decoded.shape == (SIZE, SIZE, 3) and decoded.dtype == np.uint8
     assert np.all(np.abs(decoded.astype(int) - 120) <= 2)
+
+
+def test_each_image_keeps_its_diagnosis_through_oversampling_and_shuffling(training_split):
+    mel = DIAGNOSIS_CLASSES.index("mel")
+    assert len(set(training_split.diagnoses.tolist())) > 2  # nevi, keratoses, ... and mel
+    balanced = batches(training_split, Augmentation(), oversample=True, diagnosis=True)
+    inputs = [(batch, labels.numpy()) for batch, labels in balanced.dataset]
+    diagnoses = np.concatenate([batch[DIAGNOSIS_INPUT].numpy() for batch, _ in inputs])
+    labels = np.concatenate([labels for _, labels in inputs])
+
+    assert all(batch[IMAGE_INPUT].shape[1:] == (SIZE, SIZE, 3) for batch, _ in inputs)
+    np.testing.assert_array_equal(labels == 1, diagnoses == mel)
+    repeats = melanoma_repeats(training_split.labels)
+    expected = np.concatenate(
+        [training_split.diagnoses, np.repeat(training_split.diagnoses[training_split.labels == 1],
+                                             repeats - 1)]
+    )  # fmt: skip
+    assert sorted(diagnoses.tolist()) == sorted(expected.tolist())
+
+
+def test_evaluation_batches_carry_the_diagnoses_in_manifest_order(training_split):
+    evaluation = evaluation_batches(
+        training_split, image_size=SIZE, batch_size=8, cache="none", name="val", diagnosis=True
+    )
+    diagnoses = np.concatenate([batch[DIAGNOSIS_INPUT].numpy() for batch, _ in evaluation.dataset])
+    np.testing.assert_array_equal(diagnoses, training_split.diagnoses)
+
+
+def test_a_diagnosis_outside_the_seven_is_refused_naming_the_image(tmp_path):
+    manifest = sample_manifest(tmp_path, n=12)
+    manifest.loc[3, "dx"] = "melanoma"
+    with pytest.raises(
+        TrainingDataError, match=rf"image {manifest.loc[3, 'image_id']}.*'melanoma'"
+    ):
+        labelled_files(manifest, tmp_path, manifest.loc[3, "split"])
