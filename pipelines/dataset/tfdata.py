@@ -21,11 +21,12 @@ import tensorflow as tf
 
 from pipelines.dataset.split import Split
 from pipelines.training.config import Augmentation, TrainingDataError
-from registry.labels.domain import DIAGNOSES
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER_LIMIT = 8192
-DIAGNOSIS_CLASSES: tuple[str, ...] = tuple(sorted(DIAGNOSES))
+# The label registry's DIAGNOSES in a fixed order. Spelled out rather than imported: the
+# code logged with a model is pipelines/ alone, and a model must load where it is served.
+DIAGNOSIS_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 IMAGE_INPUT = "image"
 DIAGNOSIS_INPUT = "diagnosis"
 

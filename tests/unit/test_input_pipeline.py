@@ -24,6 +24,7 @@ from pipelines.dataset.tfdata import (
     training_batches,
 )
 from pipelines.training.config import Augmentation, TrainingDataError
+from registry.labels.domain import DIAGNOSES
 from tests.training_support import sample_manifest
 
 SIZE = 32
@@ -145,6 +146,7 @@ def test_evaluation_batches_carry_the_diagnoses_in_manifest_order(training_split
 
 
 def test_a_diagnosis_outside_the_seven_is_refused_naming_the_image(tmp_path):
+    assert set(DIAGNOSIS_CLASSES) == DIAGNOSES  # the registry's, in one fixed order
     manifest = sample_manifest(tmp_path, n=12)
     manifest.loc[3, "dx"] = "melanoma"
     with pytest.raises(
