@@ -16,7 +16,7 @@ setup: ## Install uv if missing, create .venv, install the locked dependencies.
 	@test -x "$(UV)" || python3 -m pip install --quiet --disable-pip-version-check --target .tools uv
 	UV_COMPILE_BYTECODE=1 $(UV) sync --locked --python $(PYTHON_VERSION)
 	@# Byte-compile our own packages too: with PYTHONDONTWRITEBYTECODE set, nothing else would.
-	@$(UV) run --locked python -m compileall -q cme registry pipelines flows
+	@$(UV) run --locked python -m compileall -q cme usecases registry pipelines flows
 
 demo: setup ## Three weeks on generated images through the real flows: inbox, retrain, gate, review.
 	$(UV) run --locked cme demo

@@ -45,11 +45,11 @@ from scipy import special, stats
 sys.path.insert(0, str(Path(__file__).parent))
 from _support import Stopwatch
 
-from cme.params import Params, load_params
 from pipelines.evaluation.evaluate import EvaluationSettings, ScoredModel, evaluate_on_test_set
 from pipelines.evaluation.report import EvaluationReport
 from pipelines.gate import Decision, GatePolicy, decide
 from pipelines.monitoring import wilson_interval
+from usecases.params import Params, load_params
 
 # HAM10000 (10,015 images, 7,470 lesions), counted from its metadata.csv: lesions by number
 # of images, melanoma and not, five and six images folded into four (10 lesions).

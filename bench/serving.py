@@ -48,19 +48,18 @@ def register_champion(image_size: int, example: bytes) -> str:
     import mlflow
 
     from cme.bootstrap import bootstrap
-    from cme.tracking import use_tracking
     from pipelines.training.config import TrainConfig
     from pipelines.training.model import build_classifier
     from pipelines.training.tracking import log_classifier
-    from registry.models import CHAMPION, ModelRegistry
+    from registry.models import CHAMPION
 
     app = bootstrap()
-    use_tracking(app.settings)
+    app.tracking()
     keras.utils.set_random_seed(0)
     config = TrainConfig(image_size=image_size, weights="none", unfreeze_from="all")
     with mlflow.start_run() as run:
         model_uri = log_classifier(build_classifier(config, None), image_size, 0.5, example)
-    models = ModelRegistry.at(app.settings.mlflow_tracking_uri, app.settings.model_name)
+    models = app.models()
     version = models.register(model_uri, run.info.run_id, {"threshold": "0.5"}).version
     models.set_alias(CHAMPION, version)
     return f"models:/{app.settings.model_name}/{version}"
@@ -68,7 +67,7 @@ def register_champion(image_size: int, example: bytes) -> str:
 
 def sample_images(data: Path | None, folder: Path, count: int) -> list[bytes]:
     if data is None:
-        from pipelines.sample_data import SampleSpec, write_sample_data
+        from usecases.sample_data import SampleSpec, write_sample_data
 
         write_sample_data(folder, SampleSpec(n=count, seed=3, image_size=128))
         data = folder
@@ -146,7 +145,7 @@ def main() -> None:
         images = sample_images(args.data, folder / "images-set", args.batch * args.batches)
         uri = register_champion(args.image_size, images[0])
 
-        from cme.serving import load_served_model, predict_files
+        from usecases.serving import load_served_model, predict_files
 
         served = load_served_model(uri)
         singles = [[images[i % len(images)]] for i in range(args.requests)]

@@ -67,19 +67,19 @@ def register_week(export: Path) -> None:
 
 def direct_week(overrides: list[str]) -> float:
     """The weekly retrain's domain calls, in order, without Prefect."""
-    from cme import datasets, evaluation, retrain, training
     from cme.bootstrap import bootstrap
+    from usecases import challenger_evaluation, challenger_training, retrain_steps, snapshots
 
     with Stopwatch() as watch:
         app = bootstrap()
         params = app.params(overrides)
-        pull = retrain.pull_new_labels(app, params)
-        retrain.validate_new_labels(app, params, pull)
-        frozen = datasets.take_snapshot(app, params, steward="bench", manifest=pull.manifest)
-        run = training.train(app, params, snapshot_id=frozen.record.snapshot_id)
-        result = evaluation.evaluate(app, params, run_id=run.run_id)
-        decision = evaluation.judge(result, params)
-        evaluation.register(app, params, result, decision, actor="bench")
+        pull = retrain_steps.pull_new_labels(app, params)
+        retrain_steps.validate_new_labels(app, params, pull)
+        frozen = snapshots.take_snapshot(app, params, steward="bench", manifest=pull.manifest)
+        run = challenger_training.train(app, params, snapshot_id=frozen.record.snapshot_id)
+        result = challenger_evaluation.evaluate(app, params, run_id=run.run_id)
+        decision = challenger_evaluation.judge(result, params)
+        challenger_evaluation.register(app, params, result, decision, actor="bench")
         app.close()
     return watch.seconds
 
@@ -127,7 +127,7 @@ def warm_up(home: Path) -> None:
 
 def overhead(images: int, scratch: Path) -> None:
     from cme.demo import DEMO_OVERRIDES, FIRST_SEED
-    from pipelines.sample_data import SampleSpec, write_sample_data
+    from usecases.sample_data import SampleSpec, write_sample_data
 
     overrides = list(DEMO_OVERRIDES)
     export = scratch / "week1"

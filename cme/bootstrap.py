@@ -1,22 +1,55 @@
-"""The composition root: the only place that creates folders, connections and stores."""
+"""The composition root: the only place that creates folders, connections and stores.
+
+`App` builds each adapter once, when first asked, and hands them to the use cases as their
+`Platform`; the flows reach it through the `cme.composition_root` entry point."""
 
 from __future__ import annotations
 
 import getpass
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from cme.params import Params, load_params
+from cme.mlflow_connection import point_mlflow_at, use_tracking
 from cme.settings import Settings
 from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelRepository
+from registry.models import ModelRegistry
+from registry.promotion import ChampionLifecycle
+from usecases.params import Params, load_params
+from usecases.platform import Workspace
 
 
 @dataclass
 class App:
+    """One installation, as its settings describe it; a `usecases.platform.Platform`."""
+
     settings: Settings
     _label_registry: LabelRegistry | None = field(default=None, repr=False)
+    _experiment_id: str | None = field(default=None, repr=False)
+    _models: ModelRegistry | None = field(default=None, repr=False)
+    _champions: ChampionLifecycle | None = field(default=None, repr=False)
+
+    @property
+    def workspace(self) -> Workspace:
+        settings = self.settings
+        return Workspace(
+            home=settings.home,
+            data_dir=settings.data_dir,
+            image_store_dir=settings.image_store_dir,
+            snapshots_dir=settings.snapshots_dir,
+            reports_dir=settings.reports_dir,
+            work_dir=settings.work_dir,
+            inbox_dir=settings.inbox_dir,
+            project_dir=settings.project_dir,
+            dvc_remote_url=settings.dvc_remote_url,
+            dvc_remote_endpoint=settings.dvc_remote_endpoint,
+            built_from=settings.git_commit,
+            tracking_uri=settings.mlflow_tracking_uri,
+            experiment=settings.experiment,
+            model_name=settings.model_name,
+        )
 
     def params(self, overrides: Sequence[str] = ()) -> Params:
         return load_params(self.settings.params_file, overrides)
@@ -35,6 +68,30 @@ class App:
             self._label_registry.rules = rules
         return self._label_registry
 
+    def tracking(self) -> str:
+        """MLflow's fluent API pointed at this installation (again: another installation in
+        the same process may have pointed it elsewhere); the experiment is found or created
+        once."""
+        if self._experiment_id is None:
+            self._experiment_id = use_tracking(self.settings)
+        else:
+            point_mlflow_at(self.settings, self._experiment_id)
+        return self._experiment_id
+
+    def models(self) -> ModelRegistry:
+        self.tracking()
+        if self._models is None:
+            self._models = ModelRegistry.at(
+                self.settings.mlflow_tracking_uri, self.settings.model_name
+            )
+        return self._models
+
+    def champions(self) -> ChampionLifecycle:
+        models = self.models()
+        if self._champions is None:
+            self._champions = ChampionLifecycle(models, self.label_registry().repository)
+        return self._champions
+
     def steward(self, given: str | None) -> str:
         return given or self.settings.steward or os.environ.get("USER") or getpass.getuser()
 
@@ -42,6 +99,7 @@ class App:
         if self._label_registry is not None:
             self._label_registry.repository.close()
             self._label_registry = None
+        self._champions = None
 
 
 def bootstrap(settings: Settings | None = None) -> App:
@@ -52,3 +110,14 @@ def bootstrap(settings: Settings | None = None) -> App:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return App(settings)
+
+
+@contextmanager
+def open_platform(overrides: Sequence[str] = ()) -> Iterator[tuple[App, Params]]:
+    """The platform as configured by the environment (CME_*), with params.yaml and any
+    `key=value` overrides; closed when the block ends. The flows' entry point."""
+    app = bootstrap()
+    try:
+        yield app, app.params(overrides)
+    finally:
+        app.close()

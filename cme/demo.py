@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from cme.bootstrap import App
-from cme.evaluation import lifecycle
-from cme.retrain import RetrainSummary
-from pipelines.sample_data import SampleSpec, write_sample_data
+from usecases.retrain_steps import RetrainSummary
+from usecases.sample_data import SampleSpec, write_sample_data
 
 DEMO_STEWARD = "demo-steward"
 DEMO_REVIEWER = "demo-reviewer"
@@ -104,7 +103,7 @@ def review(app: App, summary: RetrainSummary) -> str | None:
     """The demo's reviewer approves what the gate passed and waits for approval."""
     if summary.status != "awaiting approval" or summary.version is None:
         return None
-    return lifecycle(app).approve(summary.version, DEMO_REVIEWER).message
+    return app.champions().approve(summary.version, DEMO_REVIEWER).message
 
 
 def label_inbox_flow() -> Any:

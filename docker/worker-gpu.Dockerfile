@@ -27,6 +27,7 @@ RUN uv export --locked --no-dev --no-hashes --no-emit-project --format requireme
     && grep -v '^tensorflow-cpu' /tmp/requirements.txt > /tmp/requirements-gpu.txt \
     && python3 -m pip install -r /tmp/requirements-gpu.txt
 COPY cme/ cme/
+COPY usecases/ usecases/
 COPY registry/ registry/
 COPY pipelines/ pipelines/
 COPY flows/ flows/

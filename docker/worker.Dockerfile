@@ -23,6 +23,7 @@ WORKDIR /opt/cme
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --locked --no-dev --no-install-project
 COPY cme/ cme/
+COPY usecases/ usecases/
 COPY registry/ registry/
 COPY pipelines/ pipelines/
 COPY flows/ flows/

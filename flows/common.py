@@ -1,9 +1,10 @@
-"""What every flow shares: the app a flow run works on, and how a step is retried."""
+"""What every flow shares: the platform a flow run works on, and how a step is retried."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from prefect import Task, task
@@ -12,13 +13,17 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
-from cme.bootstrap import App, bootstrap
-from cme.params import Params
-from cme.tracking import TrackingUnavailable
 from registry.labels import ConcurrentChange, RegistryUnavailable
 from registry.models import ModelRegistryUnavailable
+from usecases.params import Params
+from usecases.platform import Platform, TrackingUnavailable
 
 R = TypeVar("R")
+PlatformOpener = Callable[[Sequence[str]], AbstractContextManager[tuple[Platform, Params]]]
+
+# The composition root that builds the platform, named in pyproject.toml: the flows depend on
+# the `Platform` it returns, never on the package that builds it.
+COMPOSITION_ROOT = ("cme.composition_root", "platform")
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RegistryUnavailable,  # the label registry's database
@@ -58,14 +63,20 @@ def step(name: str, *, retries: int = RETRIES) -> Callable[[Callable[..., R]], T
 
 
 @contextmanager
-def opened(overrides: list[str] | None) -> Iterator[tuple[App, Params]]:
+def opened(overrides: list[str] | None) -> Iterator[tuple[Platform, Params]]:
     """The platform as configured by the environment (CME_*), with params.yaml and any
     `key=value` overrides; closed when the flow run ends."""
-    app = bootstrap()
-    try:
-        yield app, app.params(overrides or [])
-    finally:
-        app.close()
+    with composition_root()(overrides or []) as (platform, params):
+        yield platform, params
+
+
+def composition_root() -> PlatformOpener:
+    group, name = COMPOSITION_ROOT
+    found = entry_points(group=group, name=name)
+    if not found:
+        raise LookupError(f"no entry point {name!r} in group {group!r}: is cme installed?")
+    opener: PlatformOpener = next(iter(found)).load()
+    return opener
 
 
 def skipped(result: Any, message: str) -> State[Any]:

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from prefect import flow
 
-from cme import inbox
-from cme.bootstrap import App
-from cme.params import Params
 from flows.common import opened, step
+from usecases import inbox
+from usecases.params import Params
+from usecases.platform import Platform
 
 
 @step("import exports")
-def import_exports(app: App, params: Params, steward: str) -> inbox.InboxReport:
-    return inbox.process_inbox(app, params, steward=steward)
+def import_exports(platform: Platform, params: Params, steward: str) -> inbox.InboxReport:
+    return inbox.process_inbox(platform, params, steward=steward)
 
 
 @flow(name="label-inbox")
 def label_inbox(steward: str = "label-inbox", overrides: list[str] | None = None) -> list[str]:
     """One line per export: processed, failed (with why) or still being copied."""
-    with opened(overrides) as (app, params):
-        return import_exports(app, params, steward).summary_lines()
+    with opened(overrides) as (platform, params):
+        return import_exports(platform, params, steward).summary_lines()

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 from prefect import flow
 
-from cme.bootstrap import App
-from cme.evaluation import lifecycle
 from flows.common import opened, step
+from usecases.platform import Platform
 
 
 @step("finalize reviews")
-def finalize(app: App, actor: str) -> list[str]:
-    return [outcome.message for outcome in lifecycle(app).finalize(actor)]
+def finalize(platform: Platform, actor: str) -> list[str]:
+    return [outcome.message for outcome in platform.champions().finalize(actor)]
 
 
 @flow(name="promotion")
 def promotion(actor: str = "promotion-flow") -> list[str]:
     """What changed, one line each (nothing: an empty list)."""
-    with opened(None) as (app, _params):
-        return finalize(app, actor)
+    with opened(None) as (platform, _params):
+        return finalize(platform, actor)

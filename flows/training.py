@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from cme import training
-from cme.bootstrap import App
-from cme.evaluation import RETRAIN_TAG
-from cme.params import Params
 from flows.common import opened, step
+from usecases import challenger_training
+from usecases.challenger_evaluation import RETRAIN_TAG
+from usecases.params import Params
+from usecases.platform import Platform
 
 
 @step("train", retries=1)
-def train(app: App, params: Params, snapshot_id: str, retrain_id: str) -> str:
+def train(platform: Platform, params: Params, snapshot_id: str, retrain_id: str) -> str:
     log = get_run_logger()
-    outcome = training.train(
-        app,
+    outcome = challenger_training.train(
+        platform,
         params,
         snapshot_id=snapshot_id,
         tags={RETRAIN_TAG: retrain_id},
@@ -29,5 +29,5 @@ def train(app: App, params: Params, snapshot_id: str, retrain_id: str) -> str:
 def train_challenger(snapshot_id: str, retrain_id: str, overrides: list[str] | None = None) -> str:
     """Fine-tune a challenger on a recorded snapshot; returns the MLflow run id (tagged
     with `retrain_id`, by which the weekly retrain finds it when a GPU worker trained it)."""
-    with opened(overrides) as (app, params):
-        return train(app, params, snapshot_id, retrain_id)
+    with opened(overrides) as (platform, params):
+        return train(platform, params, snapshot_id, retrain_id)

@@ -10,16 +10,16 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from cme import datasets, evaluation, retrain
-from cme.bootstrap import App
-from cme.datasets import SnapshotOutcome
-from cme.params import Params
-from cme.retrain import LabelPull, RetrainSummary
 from flows.common import opened, skipped, step
 from flows.training import train_challenger
 from pipelines.gate import Decision
 from pipelines.validation import ValidationReport
 from registry.promotion import Outcome
+from usecases import challenger_evaluation, retrain_steps, snapshots
+from usecases.params import Params
+from usecases.platform import Platform
+from usecases.retrain_steps import LabelPull, RetrainSummary
+from usecases.snapshots import SnapshotOutcome
 
 
 class TrainingFailed(RuntimeError):
@@ -27,18 +27,18 @@ class TrainingFailed(RuntimeError):
 
 
 @step("pull new labels")
-def pull_new_labels(app: App, params: Params) -> LabelPull:
-    return retrain.pull_new_labels(app, params)
+def pull_new_labels(platform: Platform, params: Params) -> LabelPull:
+    return retrain_steps.pull_new_labels(platform, params)
 
 
 @step("validate")
-def validate(app: App, params: Params, pull: LabelPull) -> ValidationReport:
-    return retrain.validate_new_labels(app, params, pull)
+def validate(platform: Platform, params: Params, pull: LabelPull) -> ValidationReport:
+    return retrain_steps.validate_new_labels(platform, params, pull)
 
 
 @step("snapshot")
-def snapshot(app: App, params: Params, pull: LabelPull, steward: str) -> SnapshotOutcome:
-    return datasets.take_snapshot(app, params, steward=steward, manifest=pull.manifest)
+def snapshot(platform: Platform, params: Params, pull: LabelPull, steward: str) -> SnapshotOutcome:
+    return snapshots.take_snapshot(platform, params, steward=steward, manifest=pull.manifest)
 
 
 @step("train on a worker", retries=0)
@@ -58,25 +58,29 @@ def train_on_worker(
 
 
 @step("evaluate")
-def evaluate(app: App, params: Params, retrain_id: str) -> evaluation.Evaluation:
-    return evaluation.evaluate(app, params, retrain_id=retrain_id)
+def evaluate(
+    platform: Platform, params: Params, retrain_id: str
+) -> challenger_evaluation.Evaluation:
+    return challenger_evaluation.evaluate(platform, params, retrain_id=retrain_id)
 
 
 @step("gate", retries=0)
-def gate(result: evaluation.Evaluation, params: Params) -> Decision:
-    return evaluation.judge(result, params)
+def gate(result: challenger_evaluation.Evaluation, params: Params) -> Decision:
+    return challenger_evaluation.judge(result, params)
 
 
 @step("register")
 def register(
-    app: App,
+    platform: Platform,
     params: Params,
-    result: evaluation.Evaluation,
+    result: challenger_evaluation.Evaluation,
     decision: Decision,
     steward: str,
     retrain_id: str,
 ) -> Outcome:
-    return evaluation.register(app, params, result, decision, actor=steward, flow_run_id=retrain_id)
+    return challenger_evaluation.register(
+        platform, params, result, decision, actor=steward, flow_run_id=retrain_id
+    )
 
 
 @flow(name="weekly-retrain")
@@ -92,26 +96,28 @@ def weekly_retrain(
     """
     retrain_id = str(flow_run.get_id() or "local")
     with (
-        opened(overrides) as (app, params),
-        retrain.one_retrain_at_a_time(app, params, retrain.lease_holder(retrain_id)) as busy,
+        opened(overrides) as (platform, params),
+        retrain_steps.one_retrain_at_a_time(
+            platform, params, retrain_steps.lease_holder(retrain_id)
+        ) as busy,
     ):
         if busy:
-            return skipped(retrain.skipped(busy), busy)
-        pull = pull_new_labels(app, params)
+            return skipped(retrain_steps.skipped(busy), busy)
+        pull = pull_new_labels(platform, params)
         reason = pull.skip_reason(params.retrain.min_new_labels)
         if reason:
-            return skipped(retrain.skipped(reason, pull), reason)
-        validate(app, params, pull)
-        frozen = snapshot(app, params, pull, steward)
+            return skipped(retrain_steps.skipped(reason, pull), reason)
+        validate(platform, params, pull)
+        frozen = snapshot(platform, params, pull, steward)
         snapshot_id = frozen.record.snapshot_id
         if training_deployment:
             train_on_worker(training_deployment, snapshot_id, retrain_id, overrides)
         else:
             train_challenger(snapshot_id, retrain_id, overrides)
-        result = evaluate(app, params, retrain_id)
+        result = evaluate(platform, params, retrain_id)
         decision = gate(result, params)
-        registration = register(app, params, result, decision, steward, retrain_id)
-        summary: RetrainSummary = retrain.concluded(
-            app, pull, snapshot_id, result, decision, registration
+        registration = register(platform, params, result, decision, steward, retrain_id)
+        summary: RetrainSummary = retrain_steps.concluded(
+            platform, pull, snapshot_id, result, decision, registration
         )
         return summary

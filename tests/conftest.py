@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from pipelines.sample_data import SampleSpec, write_sample_data
 from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelRepository
 from registry.labels.domain import METADATA_COLUMNS
 from tests.mlflow_server import mlflow_server  # noqa: F401 (a session fixture for every test)
 from tests.prefect_support import platform, prefect_harness  # noqa: F401 (flow test fixtures)
+from usecases.sample_data import SampleSpec, write_sample_data
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CME_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipelines.dataset.manifest import MELANOMA
 from pipelines.dataset.split import SplitFractions, assign_lesion_splits
-from pipelines.sample_data import SampleSpec, write_sample_data
+from usecases.sample_data import SampleSpec, write_sample_data
 
 TINY_TRAINING = {
     "image_size": 32, "batch_size": 16, "weights": "none", "unfreeze_from": "all",

@@ -12,7 +12,7 @@ import typer
 from cme.cli.common import EXIT_REFUSED, EXIT_UNAVAILABLE, fail
 
 if TYPE_CHECKING:
-    from cme.access import AccessSettings
+    from usecases.registry_access import AccessSettings
 
 app = typer.Typer(help="Accounts and roles on an MLflow server run with --app-name basic-auth.")
 
@@ -23,8 +23,8 @@ def init() -> None:
     owns them), the cme-pipeline and cme-reviewer roles, the pipeline's service account, the
     read-only serving account and the first reviewer (from CME_*_MLFLOW_USERNAME/PASSWORD),
     signed in as MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD. Idempotent."""
-    from cme.access import set_up_registry_access
     from cme.settings import Settings
+    from usecases.registry_access import set_up_registry_access
 
     settings = Settings()
     access = _access_settings()
@@ -44,9 +44,9 @@ def add_reviewer(
     ),
 ) -> None:
     """Give a person the reviewer role (creating their account unless it exists)."""
-    from cme.access import AccessNotSetUp, Account
-    from cme.access import add_reviewer as added
     from cme.settings import Settings
+    from usecases.registry_access import AccessNotSetUp, Account
+    from usecases.registry_access import add_reviewer as added
 
     password = (
         sys.stdin.readline().rstrip("\n")
@@ -68,7 +68,7 @@ def add_reviewer(
 def _access_settings() -> AccessSettings:
     from pydantic import ValidationError
 
-    from cme.access import AccessSettings
+    from usecases.registry_access import AccessSettings
 
     try:
         return AccessSettings()

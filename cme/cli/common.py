@@ -13,7 +13,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 
 from cme.bootstrap import App, bootstrap
-from cme.params import ParamsError
+from usecases.params import ParamsError
 
 T = TypeVar("T")
 
@@ -42,7 +42,6 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 @contextmanager
 def opened_app() -> Iterator[App]:
-    from cme.tracking import NothingToEvaluate, TrackingUnavailable
     from pipelines.dataset.manifest import ManifestError
     from pipelines.dataset.versioning import DataVersionError
     from pipelines.evaluation import EvaluationError
@@ -54,6 +53,8 @@ def opened_app() -> Iterator[App]:
         SchemaOutOfDate,
     )
     from registry.models import ModelRegistryError, ModelRegistryUnavailable
+    from usecases.challenger_evaluation import NothingToEvaluate
+    from usecases.platform import TrackingUnavailable
 
     app = bootstrap()
     try:

@@ -16,7 +16,7 @@ def sample_data(
     overrides: list[str] = OVERRIDES,
 ) -> None:
     """Generate a dermoscopy-like labelled set in the HAM10000 layout (no download)."""
-    from pipelines.sample_data import SampleSpec, write_sample_data
+    from usecases.sample_data import SampleSpec, write_sample_data
 
     with opened_app() as cme:
         params = cme.params(overrides).sample_data

@@ -28,7 +28,7 @@ def export(
     overrides: list[str] = OVERRIDES,
 ) -> None:
     """Write the manifest a snapshot would freeze now (current labels, lesion splits)."""
-    from cme.datasets import export_manifest
+    from usecases.snapshots import export_manifest
 
     with opened_app() as cme:
         manifest = export_manifest(cme, cme.params(overrides), out)
@@ -45,20 +45,20 @@ def validate(
 ) -> None:
     """Validate with Great Expectations (the current labels by default). Exit 1 on failure,
     naming the failed expectations and offending rows; Data Docs under $CME_HOME/reports."""
-    from cme import datasets
     from pipelines.dataset.manifest import read_manifest
+    from usecases import snapshots
 
     if snapshot and manifest_file:
         fail("give --snapshot or --manifest, not both")
     with opened_app() as cme:
         params = cme.params(overrides)
         if snapshot:
-            manifest, subject = datasets.snapshot_manifest(cme, snapshot), f"snapshot {snapshot}"
+            manifest, subject = snapshots.snapshot_manifest(cme, snapshot), f"snapshot {snapshot}"
         elif manifest_file:
             manifest, subject = read_manifest(manifest_file), str(manifest_file)
         else:
-            manifest, subject = datasets.current_manifest(cme, params), "the current labels"
-        outcome = datasets.validate(cme, params, manifest, subject, report)
+            manifest, subject = snapshots.current_manifest(cme, params), "the current labels"
+        outcome = snapshots.validate(cme, params, manifest, subject, report)
     for line in outcome.summary_lines():
         typer.echo(line)
     raise typer.Exit(0 if outcome.success else 1)
@@ -80,13 +80,13 @@ def snapshot(
     prints the snapshot id and the DVC hash."""
     if ctx.invoked_subcommand is not None:
         return
-    from cme import datasets
     from pipelines.dataset.manifest import read_manifest
+    from usecases import snapshots
 
     with opened_app() as cme:
         params = cme.params(overrides)
         manifest = read_manifest(manifest_file) if manifest_file else None
-        outcome = datasets.take_snapshot(
+        outcome = snapshots.take_snapshot(
             cme, params, steward=cme.steward(steward), manifest=manifest
         )
     record = outcome.record
@@ -132,7 +132,7 @@ def restore(
     to: Path = typer.Option(..., "--to", help="New folder to restore the data folder into."),
 ) -> None:
     """Restore the versioned data folder, byte for byte, from the DVC remote."""
-    from cme.datasets import restore_snapshot
+    from usecases.snapshots import restore_snapshot
 
     with opened_app() as cme:
         dvc_hash = restore_snapshot(cme, reference, to)

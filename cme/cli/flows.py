@@ -102,7 +102,6 @@ def demo(
     gate passed. Ends with the champion, every decision and how to open the UIs."""
     from cme import demo as life
     from cme.bootstrap import bootstrap
-    from cme.evaluation import lifecycle
 
     settings = _prefect_ready()
     app = bootstrap(settings)
@@ -110,7 +109,7 @@ def demo(
         sizes = life.week_sizes(weeks, first_week, later_weeks)
         every = [*life.DEMO_OVERRIDES, *overrides]
         life.run_demo(app, folder, sizes, every, on_week=lambda week: _echo(week.lines()))
-        status = lifecycle(app).status()
+        status = app.champions().status()
     except life.DemoFailed as error:
         fail(str(error), EXIT_REFUSED)
     finally:
@@ -154,8 +153,8 @@ def backtest(
     labels through the real weekly-retrain flow, in an installation of its own under --out;
     writes a report (PNG, HTML) of the champion's F1 and ROC AUC on the final locked test
     set week by week, with every gate decision."""
-    from cme import backtest as replay
     from cme.bootstrap import bootstrap
+    from usecases import backtest_replay as replay
 
     try:
         labelled = replay.read_labelled_set(data)
@@ -186,8 +185,8 @@ def backtest(
 
 
 def _weekly_retrain_state(overrides: list[str]) -> Any:
-    from cme.backtest import BACKTEST_STEWARD
     from flows.weekly_retrain import weekly_retrain
+    from usecases.backtest_replay import BACKTEST_STEWARD
 
     return weekly_retrain(overrides=overrides, steward=BACKTEST_STEWARD, return_state=True)
 

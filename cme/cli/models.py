@@ -40,7 +40,7 @@ def evaluate(
 ) -> None:
     """Score challenger and champion on the locked test set, apply the gate policy, log the
     evidence to the challenger's run and register it as a version with alias challenger."""
-    from cme.evaluation import evaluate_challenger
+    from usecases.challenger_evaluation import evaluate_challenger
 
     if train_record is not None:
         run_id = json.loads(train_record.read_text())["run_id"]
@@ -75,10 +75,8 @@ def promote(
 ) -> None:
     """Finalize: run the alias guard, then promote challengers approved in the MLflow UI
     (tag approval=approved, reviewer=NAME) and record rejections. Evidence is checked again."""
-    from cme.evaluation import lifecycle
-
     with opened_app() as cme:
-        champions = lifecycle(cme)
+        champions = cme.champions()
         actor = cme.steward(by)
         if version is not None:
             outcomes = [champions.promote(version, actor)]
@@ -96,10 +94,8 @@ def approve(
     reviewer: str = REVIEWER,
 ) -> None:
     """Approve a challenger that passed the gate, then promote it (as in the MLflow UI)."""
-    from cme.evaluation import lifecycle
-
     with opened_app() as cme:
-        outcome = lifecycle(cme).approve(version, reviewer)
+        outcome = cme.champions().approve(version, reviewer)
     _print_outcomes([outcome])
 
 
@@ -109,10 +105,8 @@ def reject(
     reason: str = typer.Option(..., "--reason", help="Why, in the reviewer's words."),
 ) -> None:
     """Reject a challenger: it will not serve; the reason is kept in the audit trail."""
-    from cme.evaluation import lifecycle
-
     with opened_app() as cme:
-        outcome = lifecycle(cme).reject(version, reviewer, reason)
+        outcome = cme.champions().reject(version, reviewer, reason)
     _print_outcomes([outcome])
 
 
@@ -121,10 +115,8 @@ def rollback(
     by: str | None = BY,
 ) -> None:
     """Return alias champion to previous-champion."""
-    from cme.evaluation import lifecycle
-
     with opened_app() as cme:
-        outcome = lifecycle(cme).rollback(cme.steward(by), reason)
+        outcome = cme.champions().rollback(cme.steward(by), reason)
     _print_outcomes([outcome])
 
 
@@ -134,10 +126,8 @@ def status(
     ),
 ) -> None:
     """Champion, challenger, previous champion, pending approvals and the last decision."""
-    from cme.evaluation import lifecycle
-
     with opened_app() as cme:
-        current = lifecycle(cme).status()
+        current = cme.champions().status()
         name = cme.settings.model_name
     if output is OutputFormat.json:
         typer.echo(json.dumps(_status_document(name, current), indent=2, default=str))

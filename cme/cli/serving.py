@@ -20,7 +20,7 @@ from cme.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from cme.serving import ServedModel
+    from usecases.serving import ServedModel
 
 MODEL_URI = typer.Option(
     None,
@@ -42,9 +42,8 @@ def predict(
 ) -> None:
     """Probability of melanoma for each image, the decision at the model's operating threshold
     and the model version. Exit 1 when an image could not be read (the others are answered)."""
-    from cme.serving import CLI_SOURCE, Refusal, alias_uri, predict_files
-    from cme.tracking import use_tracking
     from registry.labels.service import utc_now
+    from usecases.serving import CLI_SOURCE, Refusal, alias_uri, predict_files
 
     files, refused = [], []
     for path in images:
@@ -54,7 +53,7 @@ def predict(
             refused.append(Refusal(str(path), f"cannot read the file ({error.strerror or error})"))
     table = output is OutputFormat.table
     with opened_app() as cme:
-        use_tracking(cme.settings)
+        cme.tracking()
         served = _loaded(model_uri or alias_uri(cme.settings.model_name))
         answered, not_images = predict_files(served, files)
         refused += not_images
@@ -74,7 +73,7 @@ def predict(
 def _loaded(uri: str) -> ServedModel:
     from mlflow.exceptions import MlflowException
 
-    from cme.serving import load_served_model
+    from usecases.serving import load_served_model
 
     try:
         return load_served_model(uri)
@@ -109,8 +108,8 @@ def serve(
 ) -> None:
     """Answer POST /invocations (MLflow's scoring protocol) with the probability of melanoma,
     the decision and the model version, following the champion alias as it moves."""
-    from cme.serving import NoModelToServe, ServeOptions
-    from cme.serving import serve as run_server
+    from usecases.serving import NoModelToServe, ServeOptions
+    from usecases.serving import serve as run_server
 
     options = ServeOptions(
         host=host, port=port, model_uri=model_uri, alias=alias, poll_seconds=poll_seconds,
@@ -134,8 +133,8 @@ def monitor(
     """The champion's real-world sensitivity, specificity and calibration on its logged
     predictions whose histopathology label arrived later, with the label delay. Exit 1 when
     the champion is below the policy's floors."""
-    from cme.monitoring import real_world_report
     from pipelines.monitoring import render_text, to_json
+    from usecases.real_world_monitoring import real_world_report
 
     with opened_app() as cme:
         report = real_world_report(cme, cme.params(overrides), _utc(since))

@@ -25,7 +25,7 @@ def train(
 ) -> None:
     """Fine-tune ResNet50 on a snapshot and log the run and the model to MLflow; prints the
     run id. E.g. `cme train -S train.weights=none -S train.unfreeze_from=all`."""
-    from cme.training import train as train_challenger
+    from usecases.challenger_training import train as train_challenger
 
     with opened_app() as cme:
         outcome = train_challenger(

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.sample_data import SampleSpec, write_sample_data
 from tests.prefect_support import ROOT
 from tests.training_support import LENIENT_GATE, QUICK_EVALUATION, TINY_TRAINING
+from usecases.sample_data import SampleSpec, write_sample_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

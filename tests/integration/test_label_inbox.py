@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from cme.bootstrap import App, bootstrap
-from cme.inbox import InboxReport, process_inbox
-from cme.params import Params, load_params
 from cme.settings import Settings
 from tests.conftest import read_rows, write_rows
+from usecases.inbox import InboxReport, process_inbox
+from usecases.params import Params, load_params
 
 pytestmark = pytest.mark.integration
 

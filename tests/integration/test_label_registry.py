@@ -14,7 +14,6 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from pipelines.sample_data import SampleSpec, write_sample_data
 from registry.labels import (
     Diagnosis,
     IntakeRules,
@@ -26,6 +25,7 @@ from registry.labels import (
     UnknownImage,
 )
 from tests.conftest import WITH_CONFIRMED_AT, read_rows, write_rows
+from usecases.sample_data import SampleSpec, write_sample_data
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from cme import datasets
 from cme.bootstrap import App
-from cme.params import Params, load_params
 from cme.settings import Settings
 from pipelines.dataset.manifest import lesion_splits, read_manifest
 from registry.labels import ConcurrentChange
 from tests.conftest import read_rows, write_rows
+from usecases import snapshots
+from usecases.params import Params, load_params
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,8 +62,8 @@ def register(app: App, export: Path) -> None:
     assert summary.quarantined == 0
 
 
-def snapshot(app: App) -> datasets.SnapshotOutcome:
-    return datasets.take_snapshot(app, params_for(app), steward="tester")
+def snapshot(app: App) -> snapshots.SnapshotOutcome:
+    return snapshots.take_snapshot(app, params_for(app), steward="tester")
 
 
 def split_off(lab_export: Path, tmp_path: Path, first: int) -> Path:
@@ -91,7 +91,7 @@ def test_a_snapshot_freezes_labels_and_versions_them_with_dvc(project, lab_expor
     assert {"snapshot.json", "drift.json", "manifest.csv"} <= {
         p.name for p in outcome.folder.iterdir()
     }
-    report = datasets.validate(project, params_for(project), manifest, "the snapshot")
+    report = snapshots.validate(project, params_for(project), manifest, "the snapshot")
     assert report.success, report.summary_lines()
 
     again = snapshot(project)
@@ -144,7 +144,7 @@ def test_the_database_refuses_to_move_a_locked_lesion(project, lab_export, datab
     moved.loc[moved.lesion_id == lesion, "split"] = other
     moved.loc[0, "age"] = 99.0  # a different manifest, so that it is not "unchanged"
     with pytest.raises(ConcurrentChange, match=f"lesion {lesion} is locked"):
-        datasets.take_snapshot(project, params_for(project), steward="t", manifest=moved)
+        snapshots.take_snapshot(project, params_for(project), steward="t", manifest=moved)
     assert len(project.label_registry().snapshots()) == 1
 
 
@@ -159,7 +159,7 @@ def test_restore_from_the_dvc_hash_alone_is_byte_identical(project, lab_export, 
     shutil.rmtree(project.settings.project_dir / ".dvc" / "cache")  # only the remote has it now
 
     restored = tmp_path / "restored"
-    datasets.restore_snapshot(project, first.record.dvc_hash, restored)
+    snapshots.restore_snapshot(project, first.record.dvc_hash, restored)
 
     assert_same_tree(as_frozen, restored)
 
@@ -181,7 +181,7 @@ def test_an_interrupted_snapshot_leaves_nothing_recorded_and_is_cleaned_up(
     def crash(_: object) -> str:
         raise KeyboardInterrupt  # the process dies between writing the folder and DVC
 
-    monkeypatch.setattr(datasets.DataVersioning, "commit", crash)
+    monkeypatch.setattr(snapshots.DataVersioning, "commit", crash)
     with pytest.raises(KeyboardInterrupt):
         snapshot(project)
     monkeypatch.undo()

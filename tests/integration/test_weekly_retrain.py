@@ -15,10 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cme.bootstrap import App, bootstrap
-from cme.evaluation import lifecycle
-from cme.retrain import RETRAIN_LEASE, RetrainSummary
-from pipelines.sample_data import SampleSpec, write_sample_data
 from registry.labels import exclusive
+from usecases.retrain_steps import RETRAIN_LEASE, RetrainSummary
+from usecases.sample_data import SampleSpec, write_sample_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -96,7 +95,7 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
     assert {line.split()[1].rstrip(":") for line in second.reasons} >= {"roc_auc", "f1"}
     assert "delta_roc_auc" in second.metrics
     with opened() as app:
-        champions = lifecycle(app)
+        champions = app.champions()
         assert champions.expected_champion() == "1"
         decision = champions.trail.audit_events(app.settings.model_name)[-1]
         assert (decision.action, decision.version) == ("decision", "2")
@@ -127,7 +126,7 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
     crashed = retrain()
     assert crashed.is_failed()
     with opened() as app:
-        champions = lifecycle(app)
+        champions = app.champions()
         assert [v.version for v in champions.models.versions()] == ["2", "1"]
         assert champions.expected_champion() == "1"
         assert champions.models.aliased("champion").version == "1"
@@ -186,4 +185,4 @@ def test_two_triggers_at_once_run_one_retrain(platform: Path) -> None:
     )
     with opened() as app:
         assert len(training_runs(app)) == 1
-        assert [v.version for v in lifecycle(app).models.versions()] == ["1"]
+        assert [v.version for v in app.champions().models.versions()] == ["1"]

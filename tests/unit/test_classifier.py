@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cme.params import ParamsError, load_params
 from pipelines.dataset.tfdata import (
     DIAGNOSIS_CLASSES,
     DIAGNOSIS_INPUT,
@@ -37,6 +36,7 @@ from pipelines.training.model import (
     with_diagnosis_head,
 )
 from tests.training_support import sample_manifest
+from usecases.params import ParamsError, load_params
 
 SCRATCH = TrainConfig(image_size=32, weights="none", unfreeze_from="all", dropout=0.0)
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cme.params import ParamsError, load_params
 from cme.settings import Settings
+from usecases.params import ParamsError, load_params
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -70,7 +70,7 @@ def test_importing_the_package_has_no_side_effects(tmp_path):
     import sys
 
     subprocess.run(
-        [sys.executable, "-c", "import cme, cme.cli, registry.labels, pipelines.sample_data"],
+        [sys.executable, "-c", "import cme, cme.cli, registry.labels, usecases.sample_data"],
         cwd=tmp_path,
         check=True,
     )

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from cme.access import AccessSettings
 from cme.settings import Settings
+from usecases.registry_access import AccessSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

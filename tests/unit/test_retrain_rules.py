@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cme.retrain import LabelPull, count_new_labels
+from usecases.retrain_steps import LabelPull, count_new_labels
 
 
 def manifest(rows: list[tuple[str, str]]) -> pd.DataFrame:

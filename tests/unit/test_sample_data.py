@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from pipelines.sample_data import SampleSpec, write_sample_data
 from registry.labels import DIAGNOSES, LABEL_SOURCES, LOCALIZATIONS, METADATA_COLUMNS
 from tests.conftest import read_rows
+from usecases.sample_data import SampleSpec, write_sample_data
 
 
 def digest(folder):

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from cme.serving import ChampionFollower, NoModelToServe, PredictionLog, ServedModel
 from registry.labels import RegistryUnavailable
 from registry.labels.domain import PredictionRecord
 from registry.models import ModelVersion
+from usecases.serving import ChampionFollower, NoModelToServe, PredictionLog, ServedModel
 
 
 @dataclass

@@ -9,12 +9,12 @@ from datetime import datetime
 
 import pandas as pd
 
-from cme.bootstrap import App
-from cme.params import Params
 from pipelines.dataset.manifest import MELANOMA
 from pipelines.monitoring import VersionPerformance, real_world_performance
 from registry.labels.domain import MatchedPrediction
-from registry.models import CHAMPION, ModelRegistry
+from registry.models import CHAMPION
+from usecases.params import Params
+from usecases.platform import Platform
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,16 @@ class RealWorldReport:
         ]
 
 
-def real_world_report(app: App, params: Params, since: datetime | None = None) -> RealWorldReport:
-    from cme.tracking import use_tracking
-
-    name = app.settings.model_name
-    matched = app.label_registry().matched_predictions(
+def real_world_report(
+    platform: Platform, params: Params, since: datetime | None = None
+) -> RealWorldReport:
+    name = platform.workspace.model_name
+    matched = platform.label_registry().matched_predictions(
         name, sources=list(params.snapshot.label_sources), since=since
     )
     later = [case for case in matched if case.label_arrived_at > case.prediction.predicted_at]
     policy = params.monitor.policy(params.gate, params.evaluate.confidence)
-    use_tracking(app.settings)
-    champion = ModelRegistry.at(app.settings.mlflow_tracking_uri, name).aliased(CHAMPION)
+    champion = platform.models().aliased(CHAMPION)
     return RealWorldReport(
         performance=real_world_performance(cases_frame(later), policy),
         champion=champion.version if champion is not None else None,

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from cme.bootstrap import App
-from cme.datasets import snapshot_manifest
-from cme.params import Params
-from cme.tracking import git_commit, use_tracking
 from registry.labels import LabelRegistryError, SnapshotRecord
+from usecases.lineage import git_commit
+from usecases.params import Params
+from usecases.platform import Platform
+from usecases.snapshots import snapshot_manifest
 
 if TYPE_CHECKING:
     from pipelines.training.fit import EpochRecord, OnEpoch, TrainResult
@@ -33,7 +33,7 @@ class TrainingOutcome:
 
 
 def train(
-    app: App,
+    platform: Platform,
     params: Params,
     *,
     snapshot_id: str | None = None,
@@ -48,11 +48,11 @@ def train(
     from pipelines.training import tracking
     from pipelines.training.fit import train_classifier
 
-    snapshot = _snapshot_to_train_on(app, snapshot_id)
-    manifest = snapshot_manifest(app, snapshot.snapshot_id)
+    snapshot = _snapshot_to_train_on(platform, snapshot_id)
+    manifest = snapshot_manifest(platform, snapshot.snapshot_id)
     config = params.train.config()
-    use_tracking(app.settings)
-    commit, dirty = git_commit(app.settings.project_dir, app.settings.git_commit)
+    platform.tracking()
+    commit, dirty = git_commit(platform.workspace.project_dir, platform.workspace.built_from)
     lineage = tracking.Lineage(
         snapshot_id=snapshot.snapshot_id,
         dvc_hash=snapshot.dvc_hash,
@@ -65,11 +65,11 @@ def train(
             {**lineage.tags(), **(tags or {}), "git_dirty": str(dirty).lower(), "stage": "train"}
         )
         tracking.log_run_inputs(config.as_params(), _data_params(manifest))
-        work_dir = app.settings.work_dir / run.info.run_id
+        work_dir = platform.workspace.work_dir / run.info.run_id
         try:
             result = train_classifier(
                 manifest,
-                app.settings.data_dir,
+                platform.workspace.data_dir,
                 config,
                 work_dir=work_dir,
                 on_epoch=_logged(on_epoch),
@@ -77,8 +77,8 @@ def train(
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         mlflow.set_tags({"precision": result.hardware.precision, "gpus": result.hardware.gpus})
-        example = _example_image(app, manifest)
-        model_uri = tracking.log_result(result, example, app.settings.model_name)
+        example = _example_image(platform, manifest)
+        model_uri = tracking.log_result(result, example, platform.workspace.model_name)
         mlflow.set_tag("model_uri", model_uri)  # what `cme evaluate` finds the model by
     return TrainingOutcome(run.info.run_id, model_uri, snapshot, result)
 
@@ -95,8 +95,8 @@ def _logged(on_epoch: OnEpoch | None) -> OnEpoch:
     return both
 
 
-def _snapshot_to_train_on(app: App, snapshot_id: str | None) -> SnapshotRecord:
-    registry = app.label_registry()
+def _snapshot_to_train_on(platform: Platform, snapshot_id: str | None) -> SnapshotRecord:
+    registry = platform.label_registry()
     if snapshot_id is not None:
         return registry.snapshot(snapshot_id)
     snapshots = registry.snapshots()
@@ -114,6 +114,6 @@ def _data_params(manifest: pd.DataFrame) -> dict[str, int]:
     return counts
 
 
-def _example_image(app: App, manifest: pd.DataFrame) -> bytes:
+def _example_image(platform: Platform, manifest: pd.DataFrame) -> bytes:
     """A real image of the snapshot, kept with the model as its input example."""
-    return (app.settings.data_dir / str(manifest["path"].iloc[0])).read_bytes()
+    return (platform.workspace.data_dir / str(manifest["path"].iloc[0])).read_bytes()

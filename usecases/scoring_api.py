@@ -16,15 +16,15 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from cme.serving import (
+from registry.labels.domain import PredictionRecord
+from registry.labels.service import utc_now
+from usecases.serving import (
     DEFAULT_MAX_REQUEST_BYTES,
     SERVE_SOURCE,
     Prediction,
     ServedModel,
     predictions_of,
 )
-from registry.labels.domain import PredictionRecord
-from registry.labels.service import utc_now
 
 TOO_LARGE = "REQUEST_LIMIT_EXCEEDED"
 DRAIN_LIMITS = 4

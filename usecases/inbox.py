@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from cme.bootstrap import App
-from cme.params import Params
 from pipelines.dataset.manifest import write_atomically
 from registry.labels import ImportSummary, MetadataFileError
+from usecases.params import Params
+from usecases.platform import Platform
 
 InboxStatus = Literal["processed", "failed", "waiting"]
 PROCESSED_DIR = "processed"
@@ -80,17 +80,17 @@ class InboxReport:
 
 
 def process_inbox(
-    app: App, params: Params, *, steward: str, now: datetime | None = None
+    platform: Platform, params: Params, *, steward: str, now: datetime | None = None
 ) -> InboxReport:
     """Import every settled export in the inbox and file it under processed/ or failed/.
 
     Registry errors that a retry may cure (`RegistryUnavailable`, `ConcurrentChange`)
     propagate and leave the export where it is."""
     now = now or datetime.now(UTC)
-    inbox = app.settings.inbox_dir
+    inbox = platform.workspace.inbox_dir
     inbox.mkdir(parents=True, exist_ok=True)
     results = tuple(
-        process_export(app, params, export, steward=steward, now=now)
+        process_export(platform, params, export, steward=steward, now=now)
         for export in export_folders(inbox)
     )
     return InboxReport(inbox=inbox, results=results)
@@ -108,7 +108,7 @@ def export_folders(inbox: Path) -> list[Path]:
 
 
 def process_export(
-    app: App, params: Params, export: Path, *, steward: str, now: datetime
+    platform: Platform, params: Params, export: Path, *, steward: str, now: datetime
 ) -> InboxResult:
     """Leave an export still being copied alone; import and file a settled one."""
     quiet_for = now.timestamp() - last_change(export)
@@ -120,7 +120,7 @@ def process_export(
         )
         return InboxResult(export.name, "waiting", None, None, reason)
     try:
-        summary = import_export(app, params, export, steward=steward)
+        summary = import_export(platform, params, export, steward=steward)
     except ExportProblem as problem:
         return file_unreadable_export(export, problem, steward=steward, now=now)
     return file_imported_export(export, summary, steward=steward, now=now)
@@ -137,11 +137,13 @@ def last_change(export: Path) -> float:
     return max(max(stat.st_mtime, stat.st_ctime) for stat in stats)
 
 
-def import_export(app: App, params: Params, export: Path, *, steward: str) -> ImportSummary:
+def import_export(
+    platform: Platform, params: Params, export: Path, *, steward: str
+) -> ImportSummary:
     """Import the export's CSV with the label registry's own rules."""
     metadata = metadata_file(export)
     images = export / "images"
-    registry = app.label_registry(params.intake.rules())
+    registry = platform.label_registry(params.intake.rules())
     try:
         return registry.import_metadata(
             metadata,

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from cme.bootstrap import App
-from cme.params import Params
 from pipelines.dataset.manifest import (
     ManifestEntry,
     build_manifest,
@@ -45,6 +43,8 @@ from registry.labels import (
     LabelRegistryError,
     SnapshotRecord,
 )
+from usecases.params import Params
+from usecases.platform import Platform
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +69,22 @@ class SnapshotOutcome:
     folder: Path
 
 
-def current_manifest(app: App, params: Params) -> pd.DataFrame:
+def current_manifest(platform: Platform, params: Params) -> pd.DataFrame:
     """The manifest a snapshot taken now would freeze: the current labels from the sources
     in params, each lesion in its locked split or the stable hash's."""
-    registry = app.label_registry()
+    registry = platform.label_registry()
     labels = registry.labels(sources=params.snapshot.label_sources)
-    entries = (_manifest_entry(app, label) for label in labels)
+    entries = (_manifest_entry(platform, label) for label in labels)
     return build_manifest(entries, registry.locked_splits(), params.split.fractions())
 
 
-def _manifest_entry(app: App, label: LabelledImage) -> ManifestEntry:
-    image_file = app.settings.image_store_dir / label.stored_path
+def _manifest_entry(platform: Platform, label: LabelledImage) -> ManifestEntry:
+    image_file = platform.workspace.image_store_dir / label.stored_path
     return ManifestEntry(
         image_id=label.image_id,
         lesion_id=label.lesion_id,
         sha256=label.facts.sha256,
-        path=os.path.relpath(image_file, app.settings.data_dir),
+        path=os.path.relpath(image_file, platform.workspace.data_dir),
         dx=label.diagnosis.dx,
         dx_type=label.diagnosis.dx_type,
         age=label.diagnosis.age,
@@ -100,27 +100,27 @@ def _manifest_entry(app: App, label: LabelledImage) -> ManifestEntry:
     )
 
 
-def export_manifest(app: App, params: Params, out: Path) -> pd.DataFrame:
-    manifest = current_manifest(app, params)
+def export_manifest(platform: Platform, params: Params, out: Path) -> pd.DataFrame:
+    manifest = current_manifest(platform, params)
     write_manifest(manifest, out)
     return manifest
 
 
-def latest_snapshot(app: App) -> PreviousSnapshot | None:
-    return _with_manifest(app, app.label_registry().snapshots())
+def latest_snapshot(platform: Platform) -> PreviousSnapshot | None:
+    return _with_manifest(platform, platform.label_registry().snapshots())
 
 
-def _with_manifest(app: App, records: list[SnapshotRecord]) -> PreviousSnapshot | None:
+def _with_manifest(platform: Platform, records: list[SnapshotRecord]) -> PreviousSnapshot | None:
     """The last of `records` with its manifest read from the data folder."""
     if not records:
         return None
     snapshot_id = records[-1].snapshot_id
-    return PreviousSnapshot(snapshot_id, snapshot_manifest(app, snapshot_id))
+    return PreviousSnapshot(snapshot_id, snapshot_manifest(platform, snapshot_id))
 
 
-def snapshot_manifest(app: App, snapshot_id: str) -> pd.DataFrame:
-    record = app.label_registry().snapshot(snapshot_id)
-    path = app.settings.snapshots_dir / record.snapshot_id / MANIFEST_FILE
+def snapshot_manifest(platform: Platform, snapshot_id: str) -> pd.DataFrame:
+    record = platform.label_registry().snapshot(snapshot_id)
+    path = platform.workspace.snapshots_dir / record.snapshot_id / MANIFEST_FILE
     if not path.is_file():
         raise SnapshotError(
             f"snapshot {snapshot_id} is recorded but {path} is missing from this data folder; "
@@ -130,20 +130,24 @@ def snapshot_manifest(app: App, snapshot_id: str) -> pd.DataFrame:
 
 
 def validate(
-    app: App, params: Params, manifest: pd.DataFrame, subject: str, report_file: Path | None = None
+    platform: Platform,
+    params: Params,
+    manifest: pd.DataFrame,
+    subject: str,
+    report_file: Path | None = None,
 ) -> ValidationReport:
     """Run both suites and the drift report; keep the JSON report and the Data Docs HTML
     under $CME_HOME/reports (and at `report_file` when given)."""
-    reports = app.settings.reports_dir
+    reports = platform.workspace.reports_dir
     report = validate_manifest(
         manifest,
         subject=subject,
         bounds=params.validation.bounds(),
         vocabulary=VOCABULARY,
-        locked_splits=app.label_registry().locked_splits(),
-        data_dir=app.settings.data_dir,
+        locked_splits=platform.label_registry().locked_splits(),
+        data_dir=platform.workspace.data_dir,
         docs_dir=reports / "data-docs",
-        previous=latest_snapshot(app),
+        previous=latest_snapshot(platform),
         drift_thresholds=params.drift.thresholds(),
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -162,27 +166,27 @@ def validate(
 
 
 def take_snapshot(
-    app: App, params: Params, *, steward: str, manifest: pd.DataFrame | None = None
+    platform: Platform, params: Params, *, steward: str, manifest: pd.DataFrame | None = None
 ) -> SnapshotOutcome:
     """Freeze `manifest` (default: the current labels) under data/snapshots/<id>/, version
     the data folder with DVC, and record the snapshot with its hash and locked splits. An
     unchanged manifest returns the latest snapshot instead of a copy of it."""
-    registry = app.label_registry()
-    with _snapshot_lock(app):
+    registry = platform.label_registry()
+    with _snapshot_lock(platform):
         records = registry.snapshots()
-        _remove_unrecorded_snapshot_folders(app, {record.snapshot_id for record in records})
-        frozen = manifest if manifest is not None else current_manifest(app, params)
+        _remove_unrecorded_snapshot_folders(platform, {record.snapshot_id for record in records})
+        frozen = manifest if manifest is not None else current_manifest(platform, params)
         digest = manifest_digest(frozen)
-        previous = _with_manifest(app, records)
+        previous = _with_manifest(platform, records)
         drift = drift_report(previous, frozen, params.drift.thresholds())
         if records and records[-1].manifest_sha256 == digest:
             latest = records[-1]
             return SnapshotOutcome(
-                latest, False, drift, app.settings.snapshots_dir / latest.snapshot_id
+                latest, False, drift, platform.workspace.snapshots_dir / latest.snapshot_id
             )
         record = _new_record(frozen, digest, params, steward, previous)
-        folder = _write_snapshot_folder(app, record, frozen, drift)
-        record = replace(record, dvc_hash=_versioning(app).commit())
+        folder = _write_snapshot_folder(platform, record, frozen, drift)
+        record = replace(record, dvc_hash=_versioning(platform).commit())
         registry.record_snapshot(record, lesion_splits(frozen))
     return SnapshotOutcome(record, True, drift, folder)
 
@@ -212,11 +216,11 @@ def _new_record(
 
 
 def _write_snapshot_folder(
-    app: App, record: SnapshotRecord, manifest: pd.DataFrame, drift: DriftReport
+    platform: Platform, record: SnapshotRecord, manifest: pd.DataFrame, drift: DriftReport
 ) -> Path:
     """Write the folder beside its final place and rename it in, so that a crash leaves
     either nothing or a whole folder (which the next snapshot removes if unrecorded)."""
-    final = app.settings.snapshots_dir / record.snapshot_id
+    final = platform.workspace.snapshots_dir / record.snapshot_id
     partial = final.with_name(f".{record.snapshot_id}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -228,8 +232,8 @@ def _write_snapshot_folder(
     return final
 
 
-def _remove_unrecorded_snapshot_folders(app: App, recorded: set[str]) -> None:
-    folder = app.settings.snapshots_dir
+def _remove_unrecorded_snapshot_folders(platform: Platform, recorded: set[str]) -> None:
+    folder = platform.workspace.snapshots_dir
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
@@ -238,16 +242,16 @@ def _remove_unrecorded_snapshot_folders(app: App, recorded: set[str]) -> None:
             shutil.rmtree(entry)
 
 
-def restore_snapshot(app: App, reference: str, target: Path) -> str:
+def restore_snapshot(platform: Platform, reference: str, target: Path) -> str:
     """Restore the data folder of a snapshot (by id) or of any DVC hash at `target`."""
-    records = {r.snapshot_id: r for r in app.label_registry().snapshots()}
+    records = {r.snapshot_id: r for r in platform.label_registry().snapshots()}
     dvc_hash = records[reference].dvc_hash if reference in records else reference
-    _versioning(app).restore(dvc_hash, target)
+    _versioning(platform).restore(dvc_hash, target)
     return dvc_hash
 
 
-def _versioning(app: App) -> DataVersioning:
-    settings = app.settings
+def _versioning(platform: Platform) -> DataVersioning:
+    settings = platform.workspace
     return DataVersioning(
         settings.project_dir,
         settings.data_dir,
@@ -257,8 +261,8 @@ def _versioning(app: App) -> DataVersioning:
 
 
 @contextmanager
-def _snapshot_lock(app: App) -> Iterator[None]:
-    app.settings.home.mkdir(parents=True, exist_ok=True)
-    with (app.settings.home / "snapshot.lock").open("a") as handle:
+def _snapshot_lock(platform: Platform) -> Iterator[None]:
+    platform.workspace.home.mkdir(parents=True, exist_ok=True)
+    with (platform.workspace.home / "snapshot.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield

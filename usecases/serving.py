@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from cme.bootstrap import App
 from registry.labels.domain import PredictionRecord
 from registry.labels.service import utc_now
 from registry.models import CHAMPION, ModelRegistry
-from registry.promotion import ChampionLifecycle
+from usecases.platform import Platform
 
 if TYPE_CHECKING:
     from registry.labels import LabelRegistry
@@ -344,18 +343,13 @@ class FixedModel:
         return None
 
 
-def model_source(app: App, model_uri: str | None, alias: str, poll_seconds: float) -> Any:
+def model_source(platform: Platform, model_uri: str | None, alias: str, poll_seconds: float) -> Any:
     """What `cme serve` serves: a fixed URI when given, else the registry alias, followed."""
-    from cme.tracking import use_tracking
-
-    use_tracking(app.settings)
+    platform.tracking()
     if model_uri is not None:
         return FixedModel(load_served_model(model_uri))
-    models = ModelRegistry.at(app.settings.mlflow_tracking_uri, app.settings.model_name)
-    vouch = None
-    if alias == CHAMPION:
-        vouch = ChampionLifecycle(models, app.label_registry().repository).may_serve
-    return ChampionFollower(models, alias, poll_seconds=poll_seconds, vouch=vouch)
+    vouch = platform.champions().may_serve if alias == CHAMPION else None
+    return ChampionFollower(platform.models(), alias, poll_seconds=poll_seconds, vouch=vouch)
 
 
 @dataclass(frozen=True)
@@ -370,24 +364,26 @@ class ServeOptions:
     max_concurrent_requests: int = 32  # beyond: 503 at once, not memory exhausted
 
 
-def serve(app: App, options: ServeOptions, announce: Callable[[str], None] = print) -> None:
+def serve(
+    platform: Platform, options: ServeOptions, announce: Callable[[str], None] = print
+) -> None:
     """Load the model, then answer on host:port until interrupted (SIGINT or SIGTERM), with
     requests in flight finished and the prediction log written out."""
     import uvicorn
 
-    from cme.scoring import scoring_app
+    from usecases.scoring_api import scoring_app
 
     # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler it
     # found: this one turns it into an orderly exit, so the `finally` below still runs.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    source = model_source(app, options.model_uri, options.alias, options.poll_seconds)
+    source = model_source(platform, options.model_uri, options.alias, options.poll_seconds)
     source.start()
-    log = PredictionLog(app.label_registry()) if options.log_predictions else None
+    log = PredictionLog(platform.label_registry()) if options.log_predictions else None
     try:
         if log is not None:
             log.start()
-        announce(_serving_line(app, options, source.current))
-        http = scoring_app(source, app.settings.model_name, log.add if log else None,
+        announce(_serving_line(platform, options, source.current))
+        http = scoring_app(source, platform.workspace.model_name, log.add if log else None,
                            options.max_request_bytes)  # fmt: skip
         uvicorn.run(http, host=options.host, port=options.port, log_level="info",
                     timeout_graceful_shutdown=20,
@@ -403,7 +399,7 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def _serving_line(app: App, options: ServeOptions, served: ServedModel) -> str:
+def _serving_line(platform: Platform, options: ServeOptions, served: ServedModel) -> str:
     following = (
         f"following alias {options.alias!r} every {options.poll_seconds:g} s"
         if options.model_uri is None
@@ -411,7 +407,7 @@ def _serving_line(app: App, options: ServeOptions, served: ServedModel) -> str:
     )
     logging_to = "logging predictions" if options.log_predictions else "not logging predictions"
     return (
-        f"serving {app.settings.model_name} version {served.version or 'unregistered'} "
+        f"serving {platform.workspace.model_name} version {served.version or 'unregistered'} "
         f"(threshold {served.threshold:g}; {following}; {logging_to}) "
         f"on http://{options.host}:{options.port}/invocations"
     )

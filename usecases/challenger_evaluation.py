@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from cme.bootstrap import App
-from cme.datasets import snapshot_manifest
-from cme.params import Params
-from cme.tracking import NothingToEvaluate, use_tracking
-from registry.models import CHAMPION, ModelRegistry
+from registry.models import CHAMPION
 from registry.promotion import ChampionLifecycle, GateRecord, Outcome
+from usecases.params import Params
+from usecases.platform import Platform
+from usecases.snapshots import snapshot_manifest
 
 if TYPE_CHECKING:
     from pipelines.evaluation.evaluate import ScoredModel
@@ -30,19 +29,16 @@ RETRAIN_TAG = "retrain_id"  # the weekly retrain (flow run) a training run belon
 LINEAGE_TAGS = ("snapshot_id", "dvc_hash", "git_commit", "manifest_sha256", "labels_as_of")
 
 
+class NothingToEvaluate(LookupError):
+    """No finished training run to evaluate; the message says what to run first."""
+
+
 @dataclass(frozen=True)
 class EvaluationOutcome:
     run_id: str
     report: EvaluationReport
     decision: Decision
     registration: Outcome
-
-
-def lifecycle(app: App) -> ChampionLifecycle:
-    """The champion's lifecycle over this installation's MLflow registry and audit trail."""
-    use_tracking(app.settings)
-    models = ModelRegistry.at(app.settings.mlflow_tracking_uri, app.settings.model_name)
-    return ChampionLifecycle(models, app.label_registry().repository)
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ class Evaluation:
 
 
 def evaluate_challenger(
-    app: App,
+    platform: Platform,
     params: Params,
     *,
     run_id: str | None = None,
@@ -71,27 +67,29 @@ def evaluate_challenger(
 ) -> EvaluationOutcome:
     """Evaluate the training run `run_id` (default: the latest finished one) against the
     champion, decide, log the evidence and register the challenger."""
-    evaluation = evaluate(app, params, run_id=run_id)
+    evaluation = evaluate(platform, params, run_id=run_id)
     decision = judge(evaluation, params)
-    registration = register(app, params, evaluation, decision, actor=actor, flow_run_id=flow_run_id)
+    registration = register(
+        platform, params, evaluation, decision, actor=actor, flow_run_id=flow_run_id
+    )
     return EvaluationOutcome(evaluation.run_id, evaluation.report, decision, registration)
 
 
 def evaluate(
-    app: App, params: Params, *, run_id: str | None = None, retrain_id: str | None = None
+    platform: Platform, params: Params, *, run_id: str | None = None, retrain_id: str | None = None
 ) -> Evaluation:
     """Score the challenger of training run `run_id` (default: the latest finished one, of
     the weekly retrain `retrain_id` when given) and the champion on the challenger's locked
     test set."""
     from pipelines.evaluation.evaluate import evaluate_on_test_set
 
-    champions = lifecycle(app)
-    run = _training_run(run_id, app.settings.experiment, retrain_id)
+    champions = platform.champions()
+    run = _training_run(platform, run_id, retrain_id)
     tags = run.data.tags
-    manifest = snapshot_manifest(app, tags["snapshot_id"])
+    manifest = snapshot_manifest(platform, tags["snapshot_id"])
     cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    challenger = _scored(app, tags[MODEL_URI_TAG], manifest, cases, params)
-    champion = _scored_champion(app, champions, cases)
+    challenger = _scored(platform, tags[MODEL_URI_TAG], manifest, cases, params)
+    champion = _scored_champion(platform, champions, cases)
     settings = params.evaluate.settings(alpha=params.gate.alpha)
     report = evaluate_on_test_set(tags["snapshot_id"], cases, challenger, champion, settings)
     return Evaluation(run, cases, challenger, champion, report)
@@ -105,7 +103,7 @@ def judge(evaluation: Evaluation, params: Params) -> Decision:
 
 
 def register(
-    app: App,
+    platform: Platform,
     params: Params,
     evaluation: Evaluation,
     decision: Decision,
@@ -119,7 +117,8 @@ def register(
 
     from pipelines.evaluation.artifacts import write_evaluation_artifacts
 
-    champions = lifecycle(app)
+    champions = platform.champions()
+    platform.tracking()
     report, run = evaluation.report, evaluation.run
     with mlflow.start_run(run_id=evaluation.run_id), tempfile.TemporaryDirectory() as folder:
         write_evaluation_artifacts(
@@ -135,7 +134,7 @@ def register(
         mlflow.set_tags({"gate_decision": decision.verdict, "stage": "train+evaluate"})
     threshold = evaluation.challenger.threshold
     record = _gate_record(run, report, decision, params, flow_run_id, threshold)
-    return champions.register_challenger(record, actor or app.steward(None))
+    return champions.register_challenger(record, actor or platform.steward(None))
 
 
 def score(model: Any, cases: pd.DataFrame, data_dir: Path) -> np.ndarray:
@@ -152,7 +151,7 @@ def _loaded(model_uri: str) -> Any:
 
 
 def _scored(
-    app: App, model_uri: str, manifest: pd.DataFrame, cases: pd.DataFrame, params: Params
+    platform: Platform, model_uri: str, manifest: pd.DataFrame, cases: pd.DataFrame, params: Params
 ) -> ScoredModel:
     """The challenger at its operating threshold: its own, or the highest threshold that
     reaches the policy's target sensitivity on the validation split."""
@@ -160,12 +159,12 @@ def _scored(
     from pipelines.evaluation.metrics import threshold_for_sensitivity
 
     model = _loaded(model_uri)
-    probabilities = score(model, cases, app.settings.data_dir)
+    probabilities = score(model, cases, platform.workspace.data_dir)
     threshold = _configured_threshold(model)
     target = params.evaluate.target_sensitivity
     if target is not None:
         validation = manifest[manifest["split"] == "val"].reset_index(drop=True)
-        val_probabilities = score(model, validation, app.settings.data_dir)
+        val_probabilities = score(model, validation, platform.workspace.data_dir)
         threshold = threshold_for_sensitivity(
             validation["label"].to_numpy(), val_probabilities, target
         )
@@ -173,7 +172,7 @@ def _scored(
 
 
 def _scored_champion(
-    app: App, champions: ChampionLifecycle, cases: pd.DataFrame
+    platform: Platform, champions: ChampionLifecycle, cases: pd.DataFrame
 ) -> ScoredModel | None:
     """The serving champion on the same cases, at the threshold it serves with."""
     from pipelines.evaluation.evaluate import ScoredModel
@@ -183,7 +182,7 @@ def _scored_champion(
     if version is None:
         return None
     model = _loaded(version.uri)
-    probabilities = score(model, cases, app.settings.data_dir)
+    probabilities = score(model, cases, platform.workspace.data_dir)
     threshold = float(version.tags.get("threshold", _configured_threshold(model)))
     return ScoredModel(version.uri, version.version, threshold, probabilities)
 
@@ -193,9 +192,11 @@ def _configured_threshold(model: Any) -> float:
     return float(config.get("threshold", 0.5))
 
 
-def _training_run(run_id: str | None, experiment: str, retrain_id: str | None = None) -> Any:
+def _training_run(platform: Platform, run_id: str | None, retrain_id: str | None = None) -> Any:
     import mlflow
 
+    platform.tracking()
+    experiment = platform.workspace.experiment
     if run_id is not None:
         run = mlflow.get_run(run_id)
         if MODEL_URI_TAG not in run.data.tags:

@@ -15,11 +15,6 @@ from typing import Any
 
 import pandas as pd
 
-from cme.bootstrap import App
-from cme.datasets import snapshot_manifest
-from cme.evaluation import lifecycle, score
-from cme.params import Params
-from cme.retrain import RetrainSummary
 from pipelines.backtest import (
     AWAITING,
     FAILED,
@@ -30,6 +25,11 @@ from pipelines.backtest import (
     write_backtest_report,
 )
 from pipelines.evaluation.metrics import BinaryMetrics, binary_metrics
+from usecases.challenger_evaluation import score
+from usecases.params import Params
+from usecases.platform import Platform
+from usecases.retrain_steps import RetrainSummary
+from usecases.snapshots import snapshot_manifest
 
 BACKTEST_STEWARD = "backtest"
 BACKTEST_REVIEWER = "backtest-reviewer"
@@ -101,7 +101,7 @@ def arrivals(labelled: pd.DataFrame, weeks: int, seed: int, first_week_share: fl
 
 
 def replay_week(
-    app: App,
+    platform: Platform,
     params: Params,
     week: int,
     batch: pd.DataFrame,
@@ -109,44 +109,44 @@ def replay_week(
     retrain: Callable[[], Any],
 ) -> ReplayedWeek:
     """Register the week's labels, run the weekly retrain, approve what the gate passed."""
-    export = app.settings.home / "arrivals" / f"week{week}.csv"
+    export = platform.workspace.home / "arrivals" / f"week{week}.csv"
     export.parent.mkdir(parents=True, exist_ok=True)
     batch.to_csv(export, index=False)
-    registry = app.label_registry(params.intake.rules())
+    registry = platform.label_registry(params.intake.rules())
     registry.import_metadata(export, images, steward=BACKTEST_STEWARD,
                              batch_size=params.intake.batch_size)  # fmt: skip
     state = retrain()
     labels = registry.stats().images
     if not state.is_completed():
         failure = f"{state.name}: {state.message}"
-        return ReplayedWeek(week, len(batch), labels, None, failure, _champion(app))
+        return ReplayedWeek(week, len(batch), labels, None, failure, _champion(platform))
     summary: RetrainSummary = state.result()
     review = None
     if summary.status == AWAITING and summary.version is not None:
-        review = lifecycle(app).approve(summary.version, BACKTEST_REVIEWER).message
-    return ReplayedWeek(week, len(batch), labels, summary, None, _champion(app), review)
+        review = platform.champions().approve(summary.version, BACKTEST_REVIEWER).message
+    return ReplayedWeek(week, len(batch), labels, summary, None, _champion(platform), review)
 
 
-def _champion(app: App) -> str | None:
-    return lifecycle(app).expected_champion()
+def _champion(platform: Platform) -> str | None:
+    return platform.champions().expected_champion()
 
 
-def score_champions(app: App, versions: set[str]) -> tuple[dict[str, BinaryMetrics], int]:
+def score_champions(platform: Platform, versions: set[str]) -> tuple[dict[str, BinaryMetrics], int]:
     """Each version on the final locked test set (the latest snapshot's), at the threshold
     it serves with; and how many test images that set holds."""
     import mlflow
 
-    snapshots = app.label_registry().snapshots()
+    snapshots = platform.label_registry().snapshots()
     if not snapshots:
         return {}, 0
-    manifest = snapshot_manifest(app, snapshots[-1].snapshot_id)
+    manifest = snapshot_manifest(platform, snapshots[-1].snapshot_id)
     cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    models = lifecycle(app).models
+    models = platform.champions().models
     scored = {}
     for version in sorted(versions):
         registered = models.version(version)
         probabilities = score(mlflow.pyfunc.load_model(registered.uri), cases,
-                              app.settings.data_dir)  # fmt: skip
+                              platform.workspace.data_dir)  # fmt: skip
         threshold = float(registered.tags.get("threshold", 0.5))
         scored[version] = binary_metrics(cases["label"].to_numpy(), probabilities, threshold)
     return scored, len(cases)

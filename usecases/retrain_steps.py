@@ -14,18 +14,17 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from cme import datasets
-from cme.bootstrap import App
-from cme.evaluation import lifecycle
-from cme.params import Params
 from pipelines.dataset.manifest import manifest_digest
 from registry.labels import LabelRegistryError, LeaseHeld, exclusive
+from usecases import snapshots
+from usecases.params import Params
+from usecases.platform import Platform
 
 if TYPE_CHECKING:
-    from cme.evaluation import Evaluation
     from pipelines.gate import Decision
     from pipelines.validation import ValidationReport
     from registry.promotion import ChampionLifecycle, Outcome
+    from usecases.challenger_evaluation import Evaluation
 
 RETRAIN_LEASE = "weekly-retrain"
 
@@ -86,20 +85,20 @@ class RetrainSummary:
         return [head, *(f"  {reason}" for reason in self.reasons)]
 
 
-def pull_new_labels(app: App, params: Params) -> LabelPull:
+def pull_new_labels(platform: Platform, params: Params) -> LabelPull:
     """The current labels from the policy's sources, and how many of them the champion has
     not learnt (new images, or images whose diagnosis changed)."""
-    manifest = datasets.current_manifest(app, params)
-    champions = lifecycle(app)
+    manifest = snapshots.current_manifest(platform, params)
+    champions = platform.champions()
     champion = champions.expected_champion()
     snapshot_id = champions.models.version(champion).tags.get("snapshot_id") if champion else None
-    learnt = datasets.snapshot_manifest(app, snapshot_id) if snapshot_id else None
+    learnt = snapshots.snapshot_manifest(platform, snapshot_id) if snapshot_id else None
     return LabelPull(
         manifest=manifest,
         new_labels=count_new_labels(manifest, learnt),
         champion=champion,
         champion_snapshot=snapshot_id,
-        already_evaluated=_version_trained_on(app, champions, manifest),
+        already_evaluated=_version_trained_on(platform, champions, manifest),
     )
 
 
@@ -113,9 +112,9 @@ def count_new_labels(current: pd.DataFrame, learnt: pd.DataFrame | None) -> int:
 
 
 def _version_trained_on(
-    app: App, champions: ChampionLifecycle, manifest: pd.DataFrame
+    platform: Platform, champions: ChampionLifecycle, manifest: pd.DataFrame
 ) -> str | None:
-    snapshots = app.label_registry().snapshots()
+    snapshots = platform.label_registry().snapshots()
     if not snapshots or snapshots[-1].manifest_sha256 != manifest_digest(manifest):
         return None
     latest = snapshots[-1].snapshot_id
@@ -123,20 +122,22 @@ def _version_trained_on(
     return next((v.version for v in versions if v.tags.get("snapshot_id") == latest), None)
 
 
-def validate_new_labels(app: App, params: Params, pull: LabelPull) -> ValidationReport:
+def validate_new_labels(platform: Platform, params: Params, pull: LabelPull) -> ValidationReport:
     """Great Expectations over this week's manifest; the report is kept either way."""
-    report = datasets.validate(app, params, pull.manifest, "the labels of this week's retrain")
+    report = snapshots.validate(
+        platform, params, pull.manifest, "the labels of this week's retrain"
+    )
     if not report.success:
         raise ValidationFailed(report)
     return report
 
 
 @contextmanager
-def one_retrain_at_a_time(app: App, params: Params, holder: str) -> Iterator[str | None]:
+def one_retrain_at_a_time(platform: Platform, params: Params, holder: str) -> Iterator[str | None]:
     """Hold the retrain lease for the block; yields None, or, when another retrain holds
     it, why this one must not run (the block then runs without the lease)."""
     ttl = timedelta(minutes=params.retrain.lease_minutes)
-    repository = app.label_registry().repository
+    repository = platform.label_registry().repository
     with ExitStack() as stack:
         try:
             stack.enter_context(exclusive(repository, RETRAIN_LEASE, holder, ttl))
@@ -161,7 +162,7 @@ def skipped(reason: str, pull: LabelPull | None = None) -> RetrainSummary:
 
 
 def concluded(
-    app: App,
+    platform: Platform,
     pull: LabelPull,
     snapshot_id: str,
     evaluation: Evaluation,
@@ -169,7 +170,7 @@ def concluded(
     registration: Outcome,
 ) -> RetrainSummary:
     """The week's outcome once its challenger was judged and registered."""
-    champion = lifecycle(app).expected_champion()
+    champion = platform.champions().expected_champion()
     if registration.version is not None and registration.version == champion:
         status = "promoted"
     elif decision.promote:
