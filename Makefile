@@ -10,7 +10,7 @@ HAM10000 ?= ../shared/data/ham10000
 PYTEST_ARGS ?=
 
 help: ## List the targets.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: ## Install uv if missing, create .venv, install the locked dependencies.
 	@test -x "$(UV)" || python3 -m pip install --quiet --disable-pip-version-check --target .tools uv
@@ -21,19 +21,40 @@ setup: ## Install uv if missing, create .venv, install the locked dependencies.
 demo: setup ## Three weeks on generated images through the real flows: inbox, retrain, gate, review.
 	$(UV) run --locked cme demo
 
-# The backtest replays the shared HAM10000 copy as weekly arrivals through the weekly-retrain
-# flow. On a CPU it trains from scratch at 64 px (no ImageNet download): drop BACKTEST_TRAIN
-# on a GPU worker with internet for the real recipe.
-BACKTEST_WEEKS ?= 4
-BACKTEST_TRAIN ?= -S train.weights=none -S train.unfreeze_from=all -S train.image_size=64 \
-	-S train.epochs=4 -S train.learning_rate=0.001 -S train.schedule=cosine \
-	-S train.weight_decay=0.05 -S evaluate.target_sensitivity=0.9
-backtest: setup ## Replay ../shared/data/ham10000 as weekly arrivals; report under .cme/backtest/<time>/report.
-	$(UV) run --locked cme backtest --data $(HAM10000) --weeks $(BACKTEST_WEEKS) --first-week-share 0.4 \
-		--out .cme/backtest/$$(date +%Y%m%dT%H%M%S) $(BACKTEST_TRAIN)
+# The backtest replays ../shared/data/ham10000 as weekly arrivals through the weekly-retrain
+# flow, twice: the loop (each week warm-started from the champion) and restarting from scratch
+# every week at the same compute per week; then both champions' curves side by side. On a CPU
+# it trains from scratch at BACKTEST_SIZE px (no ImageNet download): week 1 the from-scratch
+# recipe for BACKTEST_FIRST_EPOCHS, each later week BACKTEST_WEEK_EPOCHS in both arms.
+BACKTEST_WEEKS ?= 6
+BACKTEST_SIZE ?= 64
+BACKTEST_FIRST_EPOCHS ?= 32
+BACKTEST_WEEK_EPOCHS ?= 6
+BACKTEST_STAMP := $(shell date +%Y%m%dT%H%M%S)
+BACKTEST_OUT ?= .cme/backtest/$(BACKTEST_STAMP)
+BACKTEST_TRAIN ?= -S train.weights=none -S train.unfreeze_from=all -S train.image_size=$(BACKTEST_SIZE) \
+	-S train.epochs=$(BACKTEST_FIRST_EPOCHS) -S train.patience=$(BACKTEST_FIRST_EPOCHS) \
+	-S train.learning_rate=0.0003 -S train.schedule=cosine -S train.warmup_epochs=1 \
+	-S train.weight_decay=0.05 -S train.zoom=0.2 -S train.ema_momentum=0.999 \
+	-S train.gradient_clip_norm=1.0 -S train.diagnosis_weight=0.5 \
+	-S evaluate.target_sensitivity=0.9 -S retrain.full_every=0 -S retrain.full_on_drift=false
+BACKTEST_RUN = $(UV) run --locked cme backtest --data $(HAM10000) --weeks $(BACKTEST_WEEKS) \
+	--first-week-share 0.4 $(BACKTEST_TRAIN)
+backtest: setup ## Replay ../shared/data/ham10000 weekly: the loop against restarting; report under .cme/backtest/.
+	$(BACKTEST_RUN) --out $(BACKTEST_OUT)/loop -S train.init=champion \
+		--later-weeks-set train.warm_epochs=$(BACKTEST_WEEK_EPOCHS) \
+		--later-weeks-set train.ema_momentum=0.99
+	$(BACKTEST_RUN) --out $(BACKTEST_OUT)/restart -S train.init=base \
+		--later-weeks-set train.epochs=$(BACKTEST_WEEK_EPOCHS) \
+		--later-weeks-set train.patience=$(BACKTEST_WEEK_EPOCHS)
+	$(UV) run --locked cme backtest-compare loop=$(BACKTEST_OUT)/loop \
+		restart=$(BACKTEST_OUT)/restart --out $(BACKTEST_OUT)
 
 test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
 	$(UV) run --locked pytest -n 2 --durations=15 $(PYTEST_ARGS)
+
+test-fast: setup ## Unit tests only (the edit loop, under 3 minutes).
+	$(UV) run --locked pytest -n 2 -m "not slow" tests/unit $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint + format check) and mypy on the domain packages and the benches.
 	$(UV) run --locked ruff check .
@@ -52,4 +73,4 @@ bench: setup ## Benchmarks on the shared HAM10000 copy (prints figures and ratio
 clean: ## Remove the embedded stores and generated data (.cme/, data/, data.dvc, DVC cache).
 	rm -rf .cme data data.dvc .dvc/cache .dvc/tmp
 
-.PHONY: help setup demo backtest test lint bench clean
+.PHONY: help setup demo backtest test test-fast lint bench clean

@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 
 from cme.mlflow_connection import point_mlflow_at, use_tracking
 from cme.settings import Settings
+from registry.audit_trail import AuditTrailRepository
+from registry.database import Database
 from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelRepository
 from registry.models import ModelRegistry
+from registry.prediction_log import PredictionLogRepository
 from registry.promotion import ChampionLifecycle
+from registry.run_leases import RunLeaseRepository
 from usecases.params import Params, load_params
 from usecases.platform import Workspace
 
@@ -26,7 +30,11 @@ class App:
     """One installation, as its settings describe it; a `usecases.platform.Platform`."""
 
     settings: Settings
+    _database: Database | None = field(default=None, repr=False)
     _label_registry: LabelRegistry | None = field(default=None, repr=False)
+    _audit_trail: AuditTrailRepository | None = field(default=None, repr=False)
+    _run_leases: RunLeaseRepository | None = field(default=None, repr=False)
+    _prediction_log: PredictionLogRepository | None = field(default=None, repr=False)
     _experiment_id: str | None = field(default=None, repr=False)
     _models: ModelRegistry | None = field(default=None, repr=False)
     _champions: ChampionLifecycle | None = field(default=None, repr=False)
@@ -58,15 +66,38 @@ class App:
         """Open the label registry (migrating an embedded SQLite store on first use) and
         settle any image files a crashed import left staged."""
         if self._label_registry is None:
-            repository = LabelRepository.open(
-                self.settings.label_database_url, migrate=self.settings.migrates_automatically
-            )
+            repository = LabelRepository(self._label_store())
             store = ImageStore(self.settings.image_store_dir)
             self._label_registry = LabelRegistry(repository, store, rules or IntakeRules())
             self._label_registry.recover()
         elif rules is not None:
             self._label_registry.rules = rules
         return self._label_registry
+
+    def audit_trail(self) -> AuditTrailRepository:
+        """The model registry's append-only audit trail, in the label store's database."""
+        if self._audit_trail is None:
+            self._audit_trail = AuditTrailRepository(self._label_store())
+        return self._audit_trail
+
+    def run_leases(self) -> RunLeaseRepository:
+        if self._run_leases is None:
+            self._run_leases = RunLeaseRepository(self._label_store())
+        return self._run_leases
+
+    def prediction_log(self) -> PredictionLogRepository:
+        if self._prediction_log is None:
+            self._prediction_log = PredictionLogRepository(self._label_store())
+        return self._prediction_log
+
+    def _label_store(self) -> Database:
+        """The label store's database, opened once for every repository over it (migrating
+        an embedded SQLite store on first use)."""
+        if self._database is None:
+            self._database = Database.open(
+                self.settings.label_database_url, migrate=self.settings.migrates_automatically
+            )
+        return self._database
 
     def tracking(self) -> str:
         """MLflow's fluent API pointed at this installation (again: another installation in
@@ -89,16 +120,18 @@ class App:
     def champions(self) -> ChampionLifecycle:
         models = self.models()
         if self._champions is None:
-            self._champions = ChampionLifecycle(models, self.label_registry().repository)
+            self._champions = ChampionLifecycle(models, self.audit_trail())
         return self._champions
 
     def steward(self, given: str | None) -> str:
         return given or self.settings.steward or os.environ.get("USER") or getpass.getuser()
 
     def close(self) -> None:
-        if self._label_registry is not None:
-            self._label_registry.repository.close()
-            self._label_registry = None
+        if self._database is not None:
+            self._database.close()
+            self._database = None
+        self._label_registry = self._audit_trail = None
+        self._run_leases = self._prediction_log = None
         self._champions = None
 
 

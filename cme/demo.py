@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cme.bootstrap import App
+from pipelines.errors import Refused
 from usecases.retrain_steps import RetrainSummary
 from usecases.sample_data import SampleSpec, write_sample_data
 
@@ -41,7 +42,7 @@ DEMO_OVERRIDES = (
 FIRST_SEED = 13
 
 
-class DemoFailed(RuntimeError):
+class DemoFailed(Refused):
     """A week of the demo did not complete; the message says which and why."""
 
 

@@ -4,10 +4,15 @@ experiment every training run goes to. Called by the composition root, never at 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from cme.settings import Settings
 from registry.labels.schema import ALEMBIC_LOCK
-from usecases.platform import TrackingUnavailable
+from registry.mlflow_errors import is_unreachable
+from usecases.platform import TrackingRefused, TrackingUnavailable
+
+if TYPE_CHECKING:
+    from mlflow.exceptions import MlflowException
 
 
 def use_tracking(settings: Settings) -> str:
@@ -26,7 +31,7 @@ def use_tracking(settings: Settings) -> str:
                 experiment_id = _create_experiment(settings)
         mlflow.set_experiment(experiment_id=experiment_id)
     except MlflowException as error:
-        raise TrackingUnavailable(f"MLflow at {uri}: {error.message}") from None
+        raise _tracking_error(uri, error) from error
     return experiment_id
 
 
@@ -39,7 +44,13 @@ def point_mlflow_at(settings: Settings, experiment_id: str) -> None:
     try:
         mlflow.set_experiment(experiment_id=experiment_id)
     except MlflowException as error:
-        raise TrackingUnavailable(f"MLflow at {uri}: {error.message}") from None
+        raise _tracking_error(uri, error) from error
+
+
+def _tracking_error(uri: str, error: MlflowException) -> TrackingUnavailable | TrackingRefused:
+    """Unreachable (retried by the flows) or refused, told by the error's type."""
+    kind = TrackingUnavailable if is_unreachable(error) else TrackingRefused
+    return kind(f"MLflow at {uri}: {error.message}")
 
 
 def _point_at_server(settings: Settings) -> str:

@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cme.settings import Settings
+from pipelines.errors import Refused
 
 WORK_POOLS = ("cpu", "gpu")
 PREFECT_FILE = "prefect.yaml"
 
 
-class DeployFailed(RuntimeError):
+class DeployFailed(Refused):
     """`prefect deploy` refused the deployments; the message carries its output."""
 
 

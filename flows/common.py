@@ -13,10 +13,9 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
-from registry.labels import ConcurrentChange, RegistryUnavailable
-from registry.models import ModelRegistryUnavailable
+from pipelines.errors import Retryable
 from usecases.params import Params
-from usecases.platform import Platform, TrackingUnavailable
+from usecases.platform import Platform
 
 R = TypeVar("R")
 PlatformOpener = Callable[[Sequence[str]], AbstractContextManager[tuple[Platform, Params]]]
@@ -26,10 +25,7 @@ PlatformOpener = Callable[[Sequence[str]], AbstractContextManager[tuple[Platform
 COMPOSITION_ROOT = ("cme.composition_root", "platform")
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    RegistryUnavailable,  # the label registry's database
-    ConcurrentChange,  # a concurrent writer got there first: decide again
-    TrackingUnavailable,  # the MLflow tracking server
-    ModelRegistryUnavailable,  # the MLflow model registry
+    Retryable,  # a system of record unreachable (Unavailable), or a lost race: decide again
     ConnectionError,
     TimeoutError,
 )
@@ -38,8 +34,9 @@ BACKOFF_SECONDS = 10  # 10, 20, 40 s, with jitter
 
 
 def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
-    """Retry a failed step only when its error may pass by itself (a database or MLflow
-    connection); a data or model error would fail the same way again."""
+    """Retry a failed step only when its error may pass by itself (a database, MLflow or
+    DVC remote out of reach, a concurrent change); bad input, a refusal or a fault would
+    fail the same way again."""
     try:
         state.result()
     except TRANSIENT_ERRORS:

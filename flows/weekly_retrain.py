@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 
 from flows.common import opened, skipped, step
 from flows.training import train_challenger
+from pipelines.errors import Refused
 from pipelines.gate import Decision
 from pipelines.validation import ValidationReport
 from registry.promotion import Outcome
@@ -22,7 +23,7 @@ from usecases.retrain_steps import LabelPull, RetrainSummary
 from usecases.snapshots import SnapshotOutcome
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(Refused):
     """The training flow run on a worker did not complete; its state says why."""
 
 

@@ -24,14 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.dataset.manifest import write_atomically
-from pipelines.evaluation.report import (
-    STYLE,
-    escaped,
-    html_page,
-    image_source,
-    number,
-    row_html,
-)
+from pipelines.pages import image_source, number, render_page
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -52,7 +45,6 @@ REASON_SEPARATOR = " | "
 CHART_PNG, PAGE_HTML, WEEKS_CSV, BACKTEST_JSON = (
     "backtest.png", "backtest.html", "weeks.csv", "backtest.json",
 )  # fmt: skip
-PAGE_STYLE = STYLE + "figure.backtest img { width: 56em; }\ntd.reasons { font-size: 0.9em; }\n"
 
 
 # --------------------------------------------------------------------------------------
@@ -157,6 +149,11 @@ class BacktestWeek:
     champion_f1: float | None
     champion_roc_auc: float | None
     test_images: int
+    train_minutes: float | None = None
+    initialized_from: str | None = None
+    champion_partial_roc_auc: float | None = None
+    champion_sensitivity: float | None = None
+    champion_specificity: float | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -178,6 +175,7 @@ class BacktestWeek:
             "champion_f1": self.champion_f1,
             "champion_roc_auc": self.champion_roc_auc,
             "test_images": self.test_images,
+            **{name: getattr(self, name) for name in LATER_FIELDS},
         }
 
     @classmethod
@@ -195,7 +193,19 @@ class BacktestWeek:
             champion_f1=_optional_number(data["champion_f1"]),
             champion_roc_auc=_optional_number(data["champion_roc_auc"]),
             test_images=int(data["test_images"]),
+            train_minutes=_optional_number(data.get("train_minutes")),
+            initialized_from=_optional_text(data.get("initialized_from")),
+            champion_partial_roc_auc=_optional_number(data.get("champion_partial_roc_auc")),
+            champion_sensitivity=_optional_number(data.get("champion_sensitivity")),
+            champion_specificity=_optional_number(data.get("champion_specificity")),
         )
+
+
+LATER_FIELDS = (
+    "train_minutes", "initialized_from", "champion_partial_roc_auc", "champion_sensitivity",
+    "champion_specificity",
+)  # fmt: skip
+"""Recorded since the weeks were warm-started; a report written before reads as None."""
 
 
 def _optional_text(value: Any) -> str | None:
@@ -353,18 +363,18 @@ def _save_atomically(figure: Figure, path: Path) -> None:
 def backtest_html(
     weeks: Sequence[BacktestWeek], title: str, notes: Sequence[str], folder: Path
 ) -> str:
-    """The page: title, notes, the verdict, the chart (read from `folder` and embedded)
-    and every week's decision with its reasons."""
-    parts = [f"<h1>{escaped(title)}</h1>", f"<p><b>{escaped(verdict(weeks))}</b></p>"]
-    if notes:
-        parts.append(f"<ul>{''.join(f'<li>{escaped(note)}</li>' for note in notes)}</ul>")
-    parts += [
-        f'<figure class="backtest"><img src="{escaped(image_source(CHART_PNG, folder))}" '
-        f'alt="{escaped(title)}"></figure>',
-        f"<p>{escaped(_metrics_sentence(weeks[-1].test_images))}</p>",
-        _weeks_table(weeks),
-    ]
-    return html_page(title, "\n".join(parts), PAGE_STYLE)
+    """The page (pipelines/templates/backtest.html.j2): title, notes, the verdict, the
+    chart (read from `folder` and embedded) and every week's decision with its reasons."""
+    return render_page(
+        "backtest.html.j2",
+        title=title,
+        verdict=verdict(weeks),
+        notes=notes,
+        chart=image_source(CHART_PNG, folder),
+        metrics_sentence=_metrics_sentence(weeks[-1].test_images),
+        header=WEEK_HEADER,
+        weeks=[(_week_cells(week), week.reasons) for week in weeks],
+    )
 
 
 def _metrics_sentence(test_images: int) -> str:
@@ -376,30 +386,20 @@ def _metrics_sentence(test_images: int) -> str:
 
 
 WEEK_HEADER = (
-    "week", "arrived", "images", "decision", "challenger", "challenger F1",
-    "challenger ROC AUC", "champion", "champion F1", "champion ROC AUC",
+    "week", "arrived", "images", "started from", "train min", "decision", "challenger",
+    "challenger F1", "challenger ROC AUC", "champion", "champion F1", "champion ROC AUC",
+    "champion pAUC>80%", "champion sensitivity", "champion specificity",
 )  # fmt: skip
-
-
-def _weeks_table(weeks: Sequence[BacktestWeek]) -> str:
-    rows = [row_html(WEEK_HEADER, header=True)]
-    for week in weeks:
-        rows.append(row_html(_week_cells(week)))
-        reasons = "".join(f"<li>{escaped(reason)}</li>" for reason in week.reasons)
-        if reasons:
-            rows.append(
-                f'<tr><td class="text reasons" colspan="{len(WEEK_HEADER)}">'
-                f"<ul>{reasons}</ul></td></tr>"
-            )
-    return f"<h2>Weeks</h2><table>{''.join(rows)}</table>"
 
 
 def _week_cells(week: BacktestWeek) -> tuple[str, ...]:
     return (
-        str(week.week), str(week.arrived), str(week.images), week.outcome,
-        week.challenger_version or "none", number(week.challenger_f1),
-        number(week.challenger_roc_auc), week.champion_version or "none",
-        number(week.champion_f1), number(week.champion_roc_auc),
+        str(week.week), str(week.arrived), str(week.images), week.initialized_from or "",
+        number(week.train_minutes, 1), week.outcome, week.challenger_version or "none",
+        number(week.challenger_f1), number(week.challenger_roc_auc),
+        week.champion_version or "none", number(week.champion_f1),
+        number(week.champion_roc_auc), number(week.champion_partial_roc_auc),
+        number(week.champion_sensitivity), number(week.champion_specificity),
     )  # fmt: skip
 
 
@@ -418,3 +418,88 @@ def _backtest_json(weeks: Sequence[BacktestWeek], title: str, notes: Sequence[st
         "weeks": [week.to_dict() for week in weeks],
     }
     return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------
+# Arms: the same weeks replayed under different settings (the loop against restarting)
+# --------------------------------------------------------------------------------------
+
+ARMS_PNG, ARMS_MARKDOWN = "arms.png", "arms.md"
+ARM_METRICS = {"roc_auc": "ROC AUC", "partial_roc_auc": "partial ROC AUC above 80% sensitivity"}
+
+
+def read_backtest(path: Path) -> list[BacktestWeek]:
+    """The weeks of a written backtest.json."""
+    document = json.loads(path.read_text())
+    return [BacktestWeek.from_dict(week) for week in document["weeks"]]
+
+
+def arms_verdict(arms: Mapping[str, Sequence[BacktestWeek]]) -> str:
+    """Where each arm's champion ended on the final locked test set, in one line."""
+    ends = []
+    for name, weeks in arms.items():
+        served = [week for week in weeks if week.champion_roc_auc is not None]
+        last = served[-1] if served else None
+        total = sum(week.train_minutes or 0.0 for week in weeks)
+        ends.append(
+            f"{name}: ROC AUC {number(last.champion_roc_auc if last else None)}, "
+            f"pAUC {number(last.champion_partial_roc_auc if last else None)} "
+            f"after week {last.week if last else '-'} ({total:.0f} training min)"
+        )
+    return "; ".join(ends)
+
+
+def write_arms_report(
+    arms: Mapping[str, Sequence[BacktestWeek]], folder: Path, *, title: str
+) -> tuple[Path, Path]:
+    """A chart of each arm's champion by week and a Markdown table; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chart, table = folder / ARMS_PNG, folder / ARMS_MARKDOWN
+    _save_atomically(arms_figure(arms, title), chart)
+    write_atomically(table, arms_markdown(arms, title).encode("utf-8"))
+    return chart, table
+
+
+def arms_figure(arms: Mapping[str, Sequence[BacktestWeek]], title: str) -> Figure:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 1, figsize=(9, 7), sharex=True, constrained_layout=True)
+    for axis, (metric, name) in zip(axes, ARM_METRICS.items(), strict=True):
+        for arm, weeks in arms.items():
+            values = [_or_nan(getattr(week, f"champion_{metric}")) for week in weeks]
+            axis.plot([week.week for week in weeks], values, marker="o", label=arm)
+        axis.set_ylabel(name)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    axes[-1].set_xlabel("week (champion on the final locked test set)")
+    figure.suptitle(title)
+    return figure
+
+
+def arms_markdown(arms: Mapping[str, Sequence[BacktestWeek]], title: str) -> str:
+    columns = ("started from", "train min", "decision", "ROC AUC", "pAUC", "F1", "sens", "spec")
+    header = ["week", *(f"{arm}: {column}" for arm in arms for column in columns)]
+    lines = [f"# {title}", "", arms_verdict(arms), "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]  # fmt: skip
+    weeks = max(len(weeks) for weeks in arms.values())
+    for index in range(weeks):
+        cells = [str(index + 1)]
+        for arm_weeks in arms.values():
+            week = arm_weeks[index] if index < len(arm_weeks) else None
+            cells += _arm_cells(week)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _arm_cells(week: BacktestWeek | None) -> list[str]:
+    if week is None:
+        return [""] * 8
+    return [
+        week.initialized_from or "", number(week.train_minutes, 1), week.outcome,
+        number(week.champion_roc_auc), number(week.champion_partial_roc_auc),
+        number(week.champion_f1), number(week.champion_sensitivity),
+        number(week.champion_specificity),
+    ]  # fmt: skip

@@ -12,6 +12,12 @@ the two metrics is judged in one of three statistical modes:
   difference is above `-margin` (it is not plausibly worse by more than the margin);
 - `superiority`: the one-sided lower confidence bound of the difference is above `margin`
   (0 by default: better beyond chance, DeLong for ROC AUC, a paired bootstrap for F1).
+
+The partial ROC AUC above 80% sensitivity (ISIC 2024's metric, a paired bootstrap) can be
+judged the same way, or not at all (`partial_roc_auc=None`, the default). Two safety floors
+hold for every challenger, the first model too: the share of melanoma it finds
+(`sensitivity_floor`) and the share of other lesions it leaves alone (`specificity_floor`:
+a model that calls nearly every lesion melanoma finds them all and helps nobody).
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class GatePolicy:
     f1: MetricRule = MetricRule(Mode.non_inferiority, 0.02)
     alpha: float = 0.05
     sensitivity_floor: float = 0.80
+    specificity_floor: float = 0.50
+    partial_roc_auc: MetricRule | None = None
+    """None: the partial ROC AUC is reported, not judged"""
     max_subgroup_drop: float = 0.15
     subgroup_metrics: tuple[SubgroupMetric, ...] = ("sensitivity", "roc_auc")
     first_model_roc_auc: float = 0.75
@@ -105,15 +114,14 @@ def decide(
     challenger: ModelEvaluation, champion: ChampionComparison | None, policy: GatePolicy
 ) -> Decision:
     """Promote the challenger only when every rule of the policy passes."""
-    reasons = [_sensitivity_floor(challenger, policy)]
+    reasons = [_sensitivity_floor(challenger, policy), _specificity_floor(challenger, policy)]
     if champion is None:
         reasons += _first_model_floors(challenger, policy)
     else:
-        reasons += [
-            _roc_auc_rule(champion, policy),
-            _f1_rule(champion, policy),
-            _subgroup_rule(challenger, champion.champion, policy),
-        ]
+        reasons += [_roc_auc_rule(champion, policy), _f1_rule(champion, policy)]
+        if policy.partial_roc_auc is not None:
+            reasons.append(_partial_roc_auc_rule(champion, policy, policy.partial_roc_auc))
+        reasons.append(_subgroup_rule(challenger, champion.champion, policy))
     promote = all(reason.passed for reason in reasons)
     return Decision(promote, promote and policy.approval_required, tuple(reasons))
 
@@ -127,6 +135,19 @@ def _sensitivity_floor(challenger: ModelEvaluation, policy: GatePolicy) -> Reaso
         f"sensitivity {value:.3f} at threshold {metrics.threshold:g} "
         f"(floor {policy.sensitivity_floor:.3f}; "
         f"{metrics.confusion.true_positives} of {metrics.melanoma} melanoma found)",
+    )
+
+
+def _specificity_floor(challenger: ModelEvaluation, policy: GatePolicy) -> Reason:
+    metrics = challenger.metrics
+    value = metrics.specificity
+    return Reason(
+        "specificity_floor",
+        value >= policy.specificity_floor,
+        f"specificity {value:.3f} at threshold {metrics.threshold:g} "
+        f"(floor {policy.specificity_floor:.3f}; "
+        f"{metrics.confusion.true_negatives} of {metrics.benign} non-melanoma "
+        "called not melanoma)",
     )
 
 
@@ -176,6 +197,36 @@ def _f1_rule(champion: ChampionComparison, policy: GatePolicy) -> Reason:
             f"asks {policy.alpha:g}: evaluate again",
         )
     return _judged("f1", comparison.difference, comparison.lower_bound, policy.f1, measured)
+
+
+def _partial_roc_auc_rule(
+    champion: ChampionComparison, policy: GatePolicy, judge: MetricRule
+) -> Reason:
+    comparison = champion.partial_auc
+    if comparison is None:
+        return Reason(
+            "partial_roc_auc",
+            False,
+            "the partial ROC AUC was not compared (a report from before it was, or one "
+            "class only): evaluate again",
+        )
+    measured = (
+        f"partial ROC AUC above {comparison.min_sensitivity:.0%} sensitivity "
+        f"{comparison.challenger_partial_auc:.4f} vs champion "
+        f"{comparison.champion_partial_auc:.4f} ({comparison.difference:+.4f}, one-sided "
+        f"{1 - comparison.alpha:.0%} lower bound {comparison.lower_bound:+.4f}, paired "
+        f"bootstrap over {comparison.resampled}s)"
+    )
+    if abs(comparison.alpha - policy.alpha) > 1e-12:
+        return Reason(
+            "partial_roc_auc",
+            False,
+            f"{measured}; the bound was taken at alpha {comparison.alpha:g} but the policy "
+            f"asks {policy.alpha:g}: evaluate again",
+        )
+    return _judged(
+        "partial_roc_auc", comparison.difference, comparison.lower_bound, judge, measured
+    )
 
 
 def _judged(rule: str, difference: float, lower: float, judge: MetricRule, measured: str) -> Reason:

@@ -3,7 +3,7 @@ the aliases `champion`, `challenger` and `previous-champion`, and version tags c
 evidence and the reviewer's approval. Stages are deprecated in MLflow and never used.
 
 An adapter only: which version may serve is decided by `pipelines.gate` and recorded in
-the audit trail (`cme.promotion`); this module moves aliases and reads and writes tags.
+the audit trail (`registry.promotion`); this module moves aliases and reads and writes tags.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from pipelines.errors import BadInput, PlatformError, Refused, Unavailable
+from registry.mlflow_errors import is_unreachable
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -31,15 +34,20 @@ PENDING, NOT_REQUIRED, APPROVED, REJECTED = "pending", "not-required", "approved
 TAG_VALUE_LIMIT = 5000  # MLflow's limit for a model version tag value
 
 
-class ModelRegistryError(RuntimeError):
-    """The model registry refused or cannot do what was asked; the message says why."""
+class ModelRegistryError(PlatformError):
+    """The family of the model registry's errors; the message says why. Adds no kind: each
+    error below is of exactly one."""
 
 
-class ModelRegistryUnavailable(ModelRegistryError):
-    """The MLflow registry cannot be reached."""
+class ModelRegistryRefused(ModelRegistryError, Refused):
+    """The MLflow registry refused what was asked (or a version failed to register)."""
 
 
-class UnknownVersion(ModelRegistryError):
+class ModelRegistryUnavailable(ModelRegistryError, Unavailable):
+    """The MLflow registry cannot be reached (told by the exception's type, not its text)."""
+
+
+class UnknownVersion(ModelRegistryError, BadInput, LookupError):
     """No such version of the registered model."""
 
 
@@ -175,7 +183,7 @@ class ModelRegistry:
             if found.status == "READY":
                 return _model_version(found)
             if found.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
-                raise ModelRegistryError(
+                raise ModelRegistryRefused(
                     f"{self.model_name} version {version} did not become ready "
                     f"({found.status}: {found.status_message})"
                 )
@@ -211,19 +219,15 @@ def _tag_value(value: str) -> str:
 
 @contextmanager
 def _translated(model_name: str, version: str | None = None) -> Iterator[None]:
-    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.exceptions import MlflowException
 
     try:
         yield
-    except RestException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise UnknownVersion(f"{model_name} has no version {version}") from None
-        raise ModelRegistryError(f"MLflow registry refused: {error.message}") from error
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise UnknownVersion(f"{model_name} has no version {version}") from None
-        if "Max retries exceeded" in error.message or "Connection" in error.message:
+        if is_unreachable(error):
             raise ModelRegistryUnavailable(
                 f"MLflow registry unreachable: {error.message.splitlines()[0]}"
-            ) from None
-        raise ModelRegistryError(f"MLflow registry refused: {error.message}") from error
+            ) from error
+        raise ModelRegistryRefused(f"MLflow registry refused: {error.message}") from error

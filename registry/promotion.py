@@ -13,10 +13,10 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from registry.labels import AuditEvent, LabelRepository
-from registry.labels.domain import AuditAction
+from pipelines.errors import Refused
+from registry.audit_trail import AuditAction, AuditEvent
 from registry.models import (
     APPROVAL,
     APPROVED,
@@ -37,8 +37,17 @@ GUARD = "alias-guard"
 CHAMPION_CHANGES = ("promotion", "rollback")
 
 
-class PromotionRefused(ModelRegistryError):
+class PromotionRefused(ModelRegistryError, Refused):
     """The evidence does not allow what was asked; the message says what is missing."""
+
+
+class AuditTrail(Protocol):
+    """What the lifecycle needs of the audit trail (`registry.audit_trail`): a model's
+    events, oldest first, and appending one."""
+
+    def events(self, model_name: str) -> list[AuditEvent]: ...
+
+    def record(self, event: AuditEvent) -> AuditEvent: ...
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class ChampionLifecycle:
     def __init__(
         self,
         models: ModelRegistry,
-        trail: LabelRepository,
+        trail: AuditTrail,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.models = models
@@ -129,7 +138,7 @@ class ChampionLifecycle:
         return next((v for v in self.models.versions() if v.run_id == run_id), None)
 
     def _decision_if_recorded(self, version: str) -> AuditEvent | None:
-        events = self.trail.audit_events(self.model_name)
+        events = self.trail.events(self.model_name)
         return next((e for e in events if e.action == "decision" and e.version == version), None)
 
     # -- reviewers -------------------------------------------------------------------------
@@ -264,7 +273,7 @@ class ChampionLifecycle:
         """Versions the gate passed that await (or just got) a reviewer's verdict."""
         reviewed = {
             event.version
-            for event in self.trail.audit_events(self.model_name)
+            for event in self.trail.events(self.model_name)
             if event.action in ("approval", "rejection", "promotion")
         }
         return [
@@ -286,7 +295,7 @@ class ChampionLifecycle:
                 f"champion alias is on {found.version if found else 'nothing'} but the audit "
                 f"trail says {expected or 'nothing'}: `cme promote` will settle it"
             )
-        decisions = [e for e in self.trail.audit_events(self.model_name) if e.action == "decision"]
+        decisions = [e for e in self.trail.events(self.model_name) if e.action == "decision"]
         return RegistryStatus(
             champion=found,
             challenger=aliases.get(CHALLENGER),
@@ -342,7 +351,7 @@ class ChampionLifecycle:
     def _was_rolled_back(self, version: str) -> bool:
         return any(
             event.action == "rollback" and event.evidence.get("demoted") == version
-            for event in self.trail.audit_events(self.model_name)
+            for event in self.trail.events(self.model_name)
         )
 
     def _is_valid_candidate(self, version: str, current: str | None) -> bool:
@@ -378,7 +387,7 @@ class ChampionLifecycle:
                             {"via": "mlflow-ui", "tags": dict(version.tags)})  # fmt: skip
 
     def _last_champion_change(self) -> AuditEvent | None:
-        for event in reversed(self.trail.audit_events(self.model_name)):
+        for event in reversed(self.trail.events(self.model_name)):
             if event.action in CHAMPION_CHANGES:
                 return event
         return None
@@ -387,7 +396,7 @@ class ChampionLifecycle:
         """The champion that `champion` replaced, as the audit trail remembers it."""
         if champion is None:
             return None
-        for event in reversed(self.trail.audit_events(self.model_name)):
+        for event in reversed(self.trail.events(self.model_name)):
             if event.action in CHAMPION_CHANGES and event.champion_after == champion:
                 previous = event.evidence.get("previous_champion")
                 return str(previous) if previous and previous != before else None
@@ -417,7 +426,7 @@ class ChampionLifecycle:
     ) -> AuditEvent:
         if action not in (*CHAMPION_CHANGES, "guard_correction"):
             champion_after = self.expected_champion()  # who served when it happened
-        return self.trail.record_audit_event(
+        return self.trail.record(
             AuditEvent(
                 occurred_at=self._clock(),
                 actor=actor,

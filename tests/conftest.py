@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from registry.labels import ImageStore, IntakeRules, LabelRegistry, LabelRepository
 from registry.labels.domain import METADATA_COLUMNS
+from tests.installation_support import evaluated_installation  # noqa: F401 (session)
 from tests.mlflow_server import mlflow_server  # noqa: F401 (a session fixture for every test)
 from tests.prefect_support import platform, prefect_harness  # noqa: F401 (flow test fixtures)
 from usecases.sample_data import SampleSpec, write_sample_data

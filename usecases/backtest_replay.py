@@ -24,6 +24,7 @@ from pipelines.backtest import (
     weekly_arrivals,
     write_backtest_report,
 )
+from pipelines.errors import BadInput
 from pipelines.evaluation.metrics import BinaryMetrics, binary_metrics
 from usecases.challenger_evaluation import score
 from usecases.params import Params
@@ -37,7 +38,7 @@ FOREIGN_SETTINGS = ("CME_DATABASE_URL", "CME_TRACKING_URI", "CME_IMAGE_STORE", "
                     "CME_DVC_REMOTE", "PREFECT_API_URL")  # fmt: skip
 
 
-class BacktestFailed(RuntimeError):
+class BacktestFailed(BadInput):
     """The backtest cannot start or go on; the message says why."""
 
 
@@ -52,6 +53,7 @@ class ReplayedWeek:
     failure: str | None
     champion: str | None
     review: str | None = None
+    train_minutes: float | None = None
 
 
 def installation(out: Path, params_file: Path) -> dict[str, str]:
@@ -124,7 +126,21 @@ def replay_week(
     review = None
     if summary.status == AWAITING and summary.version is not None:
         review = platform.champions().approve(summary.version, BACKTEST_REVIEWER).message
-    return ReplayedWeek(week, len(batch), labels, summary, None, _champion(platform), review)
+    minutes = training_minutes(platform, summary.run_id)
+    return ReplayedWeek(
+        week, len(batch), labels, summary, None, _champion(platform), review, minutes
+    )
+
+
+def training_minutes(platform: Platform, run_id: str | None) -> float | None:
+    """How long the week's challenger trained, as its run recorded it."""
+    import mlflow
+
+    if run_id is None:
+        return None
+    platform.tracking()
+    seconds = mlflow.get_run(run_id).data.metrics.get("train_seconds")
+    return None if seconds is None else seconds / 60
 
 
 def _champion(platform: Platform) -> str | None:
@@ -183,6 +199,11 @@ def _backtest_week(
         champion_f1=champion.f1 if champion else None,
         champion_roc_auc=champion.roc_auc if champion else None,
         test_images=test_images,
+        train_minutes=week.train_minutes,
+        initialized_from=summary.initialized_from if summary else None,
+        champion_partial_roc_auc=champion.partial_roc_auc if champion else None,
+        champion_sensitivity=champion.sensitivity if champion else None,
+        champion_specificity=champion.specificity if champion else None,
     )
 
 

@@ -12,8 +12,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from pipelines.errors import BadInput
 from registry.models import CHAMPION
 from registry.promotion import ChampionLifecycle, GateRecord, Outcome
+from usecases.challenger_training import (
+    INIT_REASON_TAG,
+    INITIALIZED_FROM_TAG,
+    WARM_GENERATION_TAG,
+)
 from usecases.params import Params
 from usecases.platform import Platform
 from usecases.snapshots import snapshot_manifest
@@ -26,10 +32,13 @@ if TYPE_CHECKING:
 EVALUATION_ARTIFACTS = "evaluation"
 MODEL_URI_TAG = "model_uri"
 RETRAIN_TAG = "retrain_id"  # the weekly retrain (flow run) a training run belongs to
-LINEAGE_TAGS = ("snapshot_id", "dvc_hash", "git_commit", "manifest_sha256", "labels_as_of")
+LINEAGE_TAGS = (
+    "snapshot_id", "dvc_hash", "git_commit", "manifest_sha256", "labels_as_of",
+    INITIALIZED_FROM_TAG, INIT_REASON_TAG, WARM_GENERATION_TAG,
+)  # fmt: skip
 
 
-class NothingToEvaluate(LookupError):
+class NothingToEvaluate(BadInput, LookupError):
     """No finished training run to evaluate; the message says what to run first."""
 
 
@@ -270,6 +279,9 @@ def _headline_tags(report: EvaluationReport) -> dict[str, str]:
         "test_specificity": f"{metrics.specificity:.3f}",
         "test_f1": f"{metrics.f1:.3f}",
         "test_roc_auc": "undefined" if metrics.roc_auc is None else f"{metrics.roc_auc:.3f}",
+        "test_partial_roc_auc": "undefined"
+        if metrics.partial_roc_auc is None
+        else f"{metrics.partial_roc_auc:.4f}",
         "test_images": str(report.test_images),
     }
     versus = report.versus
@@ -281,5 +293,10 @@ def _headline_tags(report: EvaluationReport) -> dict[str, str]:
             tags["delta_roc_auc"] = (
                 f"{auc.difference:+.3f} [{auc.ci_low:+.3f}, {auc.ci_high:+.3f}] "
                 f"p={auc.p_superiority:.3g}"
+            )
+        if versus.partial_auc is not None:
+            partial = versus.partial_auc
+            tags["delta_partial_roc_auc"] = (
+                f"{partial.difference:+.4f} [{partial.ci_low:+.4f}, {partial.ci_high:+.4f}]"
             )
     return tags

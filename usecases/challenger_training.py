@@ -1,8 +1,11 @@
 """The train stage: fine-tune a challenger on a recorded snapshot, tracked in MLflow with
-its lineage (snapshot id, DVC hash, git commit)."""
+its lineage (snapshot id, DVC hash, git commit, and what it started from: the champion's
+weights, or the base weights on the first week, every `retrain.full_every` weeks, on drift,
+or when the champion's architecture differs)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,18 +13,45 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from registry.labels import LabelRegistryError, SnapshotRecord
+from pipelines.errors import BadInput
+from registry.labels import SnapshotRecord
+from registry.models import CHAMPION
 from usecases.lineage import git_commit
 from usecases.params import Params
 from usecases.platform import Platform
-from usecases.snapshots import snapshot_manifest
+from usecases.snapshots import snapshot_drift_warnings, snapshot_manifest
 
 if TYPE_CHECKING:
+    from pipelines.training.config import TrainConfig
     from pipelines.training.fit import EpochRecord, OnEpoch, TrainResult
+    from pipelines.training.warm_start import WarmStart
+
+log = logging.getLogger(__name__)
+
+INITIALIZED_FROM_TAG = "initialized_from"
+INIT_REASON_TAG = "init_reason"
+WARM_GENERATION_TAG = "warm_generation"  # warm starts in a row since the last from the base
 
 
-class NoSnapshot(LabelRegistryError):
+class NoSnapshot(BadInput, LookupError):
     """Training was asked for before any snapshot was recorded."""
+
+
+@dataclass(frozen=True)
+class Initialization:
+    """What a challenger starts from, and why; recorded on its run and model version."""
+
+    initialized_from: str  # "melanoma-resnet50 version 3", or "base:imagenet", "base:none"
+    reason: str
+    warm_generation: int
+    warm_start: WarmStart | None = None
+
+    def tags(self) -> dict[str, str]:
+        return {
+            INITIALIZED_FROM_TAG: self.initialized_from,
+            INIT_REASON_TAG: self.reason,
+            WARM_GENERATION_TAG: str(self.warm_generation),
+        }
 
 
 @dataclass(frozen=True)
@@ -30,6 +60,7 @@ class TrainingOutcome:
     model_uri: str
     snapshot: SnapshotRecord
     result: TrainResult
+    initialization: Initialization
 
 
 def train(
@@ -52,6 +83,8 @@ def train(
     manifest = snapshot_manifest(platform, snapshot.snapshot_id)
     config = params.train.config()
     platform.tracking()
+    start = initialization(platform, params, config, snapshot.snapshot_id)
+    log.warning("challenger starts from %s: %s", start.initialized_from, start.reason)
     commit, dirty = git_commit(platform.workspace.project_dir, platform.workspace.built_from)
     lineage = tracking.Lineage(
         snapshot_id=snapshot.snapshot_id,
@@ -62,7 +95,13 @@ def train(
     )
     with mlflow.start_run(run_name=f"challenger {snapshot.snapshot_id}") as run:
         mlflow.set_tags(
-            {**lineage.tags(), **(tags or {}), "git_dirty": str(dirty).lower(), "stage": "train"}
+            {
+                **lineage.tags(),
+                **start.tags(),
+                **(tags or {}),
+                "git_dirty": str(dirty).lower(),
+                "stage": "train",
+            }
         )
         tracking.log_run_inputs(config.as_params(), _data_params(manifest))
         work_dir = platform.workspace.work_dir / run.info.run_id
@@ -73,6 +112,7 @@ def train(
                 config,
                 work_dir=work_dir,
                 on_epoch=_logged(on_epoch),
+                warm_start=start.warm_start,
             )
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -80,7 +120,49 @@ def train(
         example = _example_image(platform, manifest)
         model_uri = tracking.log_result(result, example, platform.workspace.model_name)
         mlflow.set_tag("model_uri", model_uri)  # what `cme evaluate` finds the model by
-    return TrainingOutcome(run.info.run_id, model_uri, snapshot, result)
+    return TrainingOutcome(run.info.run_id, model_uri, snapshot, result, start)
+
+
+def initialization(
+    platform: Platform, params: Params, config: TrainConfig, snapshot_id: str
+) -> Initialization:
+    """Start from the champion (continued education) unless the policy, the calendar, drift
+    or the champion itself asks for a start from the base weights."""
+    base = f"base:{config.weights}"
+    if config.init == "base":
+        return Initialization(base, "train.init=base", 0)
+    champion = platform.models().aliased(CHAMPION)
+    if champion is None:
+        return Initialization(base, "no champion yet", 0)
+    generation = int(champion.tags.get(WARM_GENERATION_TAG, "0") or 0) + 1
+    full_every = params.retrain.full_every
+    if full_every and generation >= full_every:
+        reason = (
+            f"full retrain, due every {full_every} weeks: the champion was warm-started "
+            f"{generation - 1} weeks in a row"
+        )
+        return Initialization(base, reason, 0)
+    drift = snapshot_drift_warnings(platform, snapshot_id) if params.retrain.full_on_drift else []
+    if drift:
+        return Initialization(base, f"full retrain on drift: {'; '.join(drift)}", 0)
+    return _from_champion(platform, config, champion.version, generation, base)
+
+
+def _from_champion(
+    platform: Platform, config: TrainConfig, version: str, generation: int, base: str
+) -> Initialization:
+    from pipelines.training.tracking import load_classifier
+    from pipelines.training.warm_start import WarmStart, champion_classifier, why_not_warm
+
+    name = platform.workspace.model_name
+    served = load_classifier(f"models:/{name}@{CHAMPION}")
+    classifier = champion_classifier(served)
+    refusal = why_not_warm(classifier, config)
+    if refusal is not None or classifier is None:
+        return Initialization(base, f"cannot start from version {version}: {refusal}", 0)
+    source = f"{name} version {version}"
+    reason = f"continued education: shrink {config.shrink:g}, perturb {config.perturb:g}"
+    return Initialization(source, reason, generation, WarmStart(source, classifier))
 
 
 def _logged(on_epoch: OnEpoch | None) -> OnEpoch:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.dataset.manifest import write_atomically
+from pipelines.errors import BadInput
 from registry.labels import ImportSummary, MetadataFileError
 from usecases.params import Params
 from usecases.platform import Platform
@@ -33,7 +34,7 @@ QUARANTINE_REPORT_COLUMNS = ("row_number", "image_id", "reason_kind", "reason")
 SHOWN_REJECTIONS = 10
 
 
-class ExportProblem(Exception):
+class ExportProblem(BadInput):
     """An export cannot be imported as a whole; `reason_kind` is its short code."""
 
     def __init__(self, reason_kind: str, message: str) -> None:
@@ -84,8 +85,8 @@ def process_inbox(
 ) -> InboxReport:
     """Import every settled export in the inbox and file it under processed/ or failed/.
 
-    Registry errors that a retry may cure (`RegistryUnavailable`, `ConcurrentChange`)
-    propagate and leave the export where it is."""
+    Errors that a retry may cure (`pipelines.errors.Retryable`: the database unreachable,
+    a concurrent change) propagate and leave the export where it is."""
     now = now or datetime.now(UTC)
     inbox = platform.workspace.inbox_dir
     inbox.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.dataset import SplitFractions
+from pipelines.errors import BadInput
 from pipelines.gate import GatePolicy, MetricRule, Mode, SubgroupMetric
 from pipelines.monitoring import MonitorPolicy
 from pipelines.training.config import Augmentation, TrainConfig, TrainConfigError
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from pipelines.evaluation.evaluate import EvaluationSettings
 
 
-class ParamsError(ValueError):
+class ParamsError(BadInput, ValueError):
     """params.yaml or an override is not valid; the message names the key."""
 
 
@@ -143,6 +144,10 @@ class TrainParams(_Section):
     threshold: float = Field(default=0.5, gt=0, lt=1)
     test_time_augmentation: Literal["none", "dihedral"] = "none"
     ensemble_size: int = Field(default=1, ge=1)
+    init: Literal["champion", "base"] = "champion"
+    shrink: float = Field(default=1.0, gt=0, le=1)
+    perturb: float = Field(default=0.0, ge=0)
+    warm_epochs: int = Field(default=3, ge=1)
 
     def config(self) -> TrainConfig:
         values = self.model_dump(exclude={"augmentation", "zoom", "colour_jitter"})
@@ -190,11 +195,21 @@ class GateParams(_Section):
     f1_margin: float = Field(default=0.02, ge=0, lt=1)
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     sensitivity_floor: float = Field(default=0.80, ge=0, le=1)
+    specificity_floor: float = Field(default=0.50, ge=0, le=1)
+    partial_roc_auc: Literal["off"] | Mode = "off"
+    partial_roc_auc_margin: float = Field(default=0.0, ge=0, lt=0.2)
     max_subgroup_drop: float = Field(default=0.15, ge=0, le=1)
     subgroup_metrics: tuple[SubgroupMetric, ...] = ("sensitivity", "roc_auc")
     first_model_roc_auc: float = Field(default=0.75, ge=0, le=1)
     first_model_f1: float = Field(default=0.40, ge=0, le=1)
     approval: Literal["required", "not_required"] = "required"
+
+    @field_validator("partial_roc_auc", mode="before")
+    @classmethod
+    def _unquoted_off(cls, value: object) -> object:
+        """YAML reads an unquoted `off` (in params.yaml or `-S gate.partial_roc_auc=off`)
+        as false."""
+        return "off" if value is False else value
 
     def policy(self) -> GatePolicy:
         return GatePolicy(
@@ -202,6 +217,10 @@ class GateParams(_Section):
             f1=MetricRule(self.f1, self.f1_margin),
             alpha=self.alpha,
             sensitivity_floor=self.sensitivity_floor,
+            specificity_floor=self.specificity_floor,
+            partial_roc_auc=None
+            if self.partial_roc_auc == "off"
+            else MetricRule(Mode(self.partial_roc_auc), self.partial_roc_auc_margin),
             max_subgroup_drop=self.max_subgroup_drop,
             subgroup_metrics=tuple(self.subgroup_metrics),
             first_model_roc_auc=self.first_model_roc_auc,
@@ -213,6 +232,8 @@ class GateParams(_Section):
 class RetrainParams(_Section):
     min_new_labels: int = Field(default=30, ge=0)
     lease_minutes: float = Field(default=10, gt=0)
+    full_every: int = Field(default=6, ge=0)
+    full_on_drift: bool = True
 
 
 class InboxParams(_Section):

@@ -1,6 +1,6 @@
 """What a use case receives from the composition root: this installation's folders and names,
-and its adapters, each built once (label registry, MLflow tracking and model registry,
-champion lifecycle)."""
+and its adapters, each built once (label registry, run leases, prediction log, MLflow
+tracking and model registry, champion lifecycle)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from pipelines.errors import Refused, Unavailable
 from registry.labels import IntakeRules, LabelRegistry
 from registry.models import ModelRegistry
+from registry.prediction_log import PredictionLogRepository
 from registry.promotion import ChampionLifecycle
+from registry.run_leases import RunLeaseRepository
 
 
-class TrackingUnavailable(RuntimeError):
-    """The MLflow tracking server cannot be reached or used; the message names it."""
+class TrackingUnavailable(Unavailable):
+    """The MLflow tracking server cannot be reached; the message names it."""
+
+
+class TrackingRefused(Refused):
+    """The MLflow tracking server answered, and refused (credentials, permissions, a
+    deleted experiment); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,14 @@ class Platform(Protocol):
 
     def label_registry(self, rules: IntakeRules | None = None) -> LabelRegistry:
         """The label registry; `rules` replace its intake rules from now on."""
+        ...
+
+    def run_leases(self) -> RunLeaseRepository:
+        """Named claims that keep runs apart (one weekly retrain at a time)."""
+        ...
+
+    def prediction_log(self) -> PredictionLogRepository:
+        """Every logged prediction, and its match with a label that arrived later."""
         ...
 
     def tracking(self) -> str:

@@ -11,8 +11,8 @@ import pandas as pd
 
 from pipelines.dataset.manifest import MELANOMA
 from pipelines.monitoring import VersionPerformance, real_world_performance
-from registry.labels.domain import MatchedPrediction
 from registry.models import CHAMPION
+from registry.prediction_log import MatchedPrediction
 from usecases.params import Params
 from usecases.platform import Platform
 
@@ -39,7 +39,7 @@ def real_world_report(
     platform: Platform, params: Params, since: datetime | None = None
 ) -> RealWorldReport:
     name = platform.workspace.model_name
-    matched = platform.label_registry().matched_predictions(
+    matched = platform.prediction_log().matched_predictions(
         name, sources=list(params.snapshot.label_sources), since=since
     )
     later = [case for case in matched if case.label_arrived_at > case.prediction.predicted_at]

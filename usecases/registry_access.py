@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipelines.errors import Refused
+
 WORKSPACE = "default"
 PIPELINE_ROLE = "cme-pipeline"
 REVIEWER_ROLE = "cme-reviewer"
@@ -44,7 +46,7 @@ class AccessSettings(BaseSettings):
     )
 
 
-class AccessNotSetUp(LookupError):
+class AccessNotSetUp(Refused, LookupError):
     """The roles do not exist yet on that server."""
 
 

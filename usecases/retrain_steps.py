@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipelines.dataset.manifest import manifest_digest
-from registry.labels import LabelRegistryError, LeaseHeld, exclusive
+from pipelines.errors import BadInput
+from registry.run_leases import LeaseHeld, exclusive
 from usecases import snapshots
+from usecases.challenger_training import INIT_REASON_TAG, INITIALIZED_FROM_TAG
 from usecases.params import Params
 from usecases.platform import Platform
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 RETRAIN_LEASE = "weekly-retrain"
 
 
-class ValidationFailed(LabelRegistryError):
+class ValidationFailed(BadInput):
     """This week's labels failed validation: the retrain stops before training."""
 
     def __init__(self, report: ValidationReport) -> None:
@@ -79,10 +81,17 @@ class RetrainSummary:
     champion: str | None = None
     reasons: tuple[str, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
+    initialized_from: str | None = None
+    init_reason: str | None = None
 
     def lines(self) -> list[str]:
         head = f"{self.status}: {self.message}"
-        return [head, *(f"  {reason}" for reason in self.reasons)]
+        start = (
+            [f"  the challenger started from {self.initialized_from} ({self.init_reason})"]
+            if self.initialized_from
+            else []
+        )
+        return [head, *start, *(f"  {reason}" for reason in self.reasons)]
 
 
 def pull_new_labels(platform: Platform, params: Params) -> LabelPull:
@@ -137,10 +146,9 @@ def one_retrain_at_a_time(platform: Platform, params: Params, holder: str) -> It
     """Hold the retrain lease for the block; yields None, or, when another retrain holds
     it, why this one must not run (the block then runs without the lease)."""
     ttl = timedelta(minutes=params.retrain.lease_minutes)
-    repository = platform.label_registry().repository
     with ExitStack() as stack:
         try:
-            stack.enter_context(exclusive(repository, RETRAIN_LEASE, holder, ttl))
+            stack.enter_context(exclusive(platform.run_leases(), RETRAIN_LEASE, holder, ttl))
         except LeaseHeld as held:
             yield f"another retrain is running: {held}"
             return
@@ -171,6 +179,7 @@ def concluded(
 ) -> RetrainSummary:
     """The week's outcome once its challenger was judged and registered."""
     champion = platform.champions().expected_champion()
+    run_tags = evaluation.run.data.tags
     if registration.version is not None and registration.version == champion:
         status = "promoted"
     elif decision.promote:
@@ -187,4 +196,6 @@ def concluded(
         champion=champion,
         reasons=tuple(reason.line() for reason in decision.reasons),
         metrics=evaluation.report.headline(),
+        initialized_from=run_tags.get(INITIALIZED_FROM_TAG),
+        init_reason=run_tags.get(INIT_REASON_TAG),
     )

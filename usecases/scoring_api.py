@@ -16,8 +16,8 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from registry.labels.domain import PredictionRecord
 from registry.labels.service import utc_now
+from registry.prediction_log import PredictionRecord
 from usecases.serving import (
     DEFAULT_MAX_REQUEST_BYTES,
     SERVE_SOURCE,

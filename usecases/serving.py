@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from registry.labels.domain import PredictionRecord
+from pipelines.errors import Refused
 from registry.labels.service import utc_now
 from registry.models import CHAMPION, ModelRegistry
+from registry.prediction_log import PredictionRecord
 from usecases.platform import Platform
 
 if TYPE_CHECKING:
-    from registry.labels import LabelRegistry
+    from registry.prediction_log import PredictionLogRepository
 
 _log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 IMAGE_NAME_MAX = 255  # predictions.image_name; a long path keeps its file name
 
 
-class NoModelToServe(LookupError):
+class NoModelToServe(Refused, LookupError):
     """The alias points at no version (no champion yet); the message says what to run."""
 
 
@@ -181,9 +182,12 @@ class PredictionLog:
     rows (counted and reported), never the prediction."""
 
     def __init__(
-        self, registry: LabelRegistry, flush_seconds: float = 1.0, capacity: int = 100_000
+        self,
+        repository: PredictionLogRepository,
+        flush_seconds: float = 1.0,
+        capacity: int = 100_000,
     ) -> None:
-        self._registry = registry
+        self._repository = repository
         self._flush_seconds = flush_seconds
         # Bounded: while the database is down, the oldest unwritten rows are kept and the
         # newest are dropped and counted, rather than the server running out of memory.
@@ -231,7 +235,7 @@ class PredictionLog:
         if not batch:
             return
         try:
-            self.written += self._registry.record_predictions(batch)
+            self.written += self._repository.record_predictions(batch)
         except Exception as error:  # whatever the database did, the writer lives on
             self.lost += len(batch)
             _log.error("%d predictions not logged (%d so far): %s", len(batch), self.lost, error)
@@ -378,7 +382,7 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     source = model_source(platform, options.model_uri, options.alias, options.poll_seconds)
     source.start()
-    log = PredictionLog(platform.label_registry()) if options.log_predictions else None
+    log = PredictionLog(platform.prediction_log()) if options.log_predictions else None
     try:
         if log is not None:
             log.start()

@@ -27,6 +27,7 @@ from pipelines.dataset.manifest import (
     write_manifest,
 )
 from pipelines.dataset.versioning import DataVersioning
+from pipelines.errors import BadInput
 from pipelines.validation import (
     DriftReport,
     PreviousSnapshot,
@@ -40,7 +41,6 @@ from registry.labels import (
     LOCALIZATIONS,
     SEXES,
     LabelledImage,
-    LabelRegistryError,
     SnapshotRecord,
 )
 from usecases.params import Params
@@ -55,9 +55,10 @@ VOCABULARY = {
     "localization": LOCALIZATIONS,
 }
 MANIFEST_FILE = "manifest.csv"
+DRIFT_FILE = "drift.json"
 
 
-class SnapshotError(LabelRegistryError):
+class SnapshotError(BadInput):
     """A snapshot cannot be taken or found as asked; the message says why."""
 
 
@@ -127,6 +128,19 @@ def snapshot_manifest(platform: Platform, snapshot_id: str) -> pd.DataFrame:
             f"restore it with `cme snapshot restore {record.dvc_hash} --to DIR`"
         )
     return read_manifest(path)
+
+
+def snapshot_drift_warnings(platform: Platform, snapshot_id: str) -> list[str]:
+    """The drift warnings recorded when the snapshot was taken, one line each."""
+    path = platform.workspace.snapshots_dir / snapshot_id / DRIFT_FILE
+    if not path.is_file():
+        return []
+    checks = json.loads(path.read_text()).get("checks", [])
+    return [
+        f"{check['feature']} {check['measure']} {check['value']:.3f} > {check['threshold']:g}"
+        for check in checks
+        if check.get("warned")
+    ]
 
 
 def validate(
@@ -226,7 +240,7 @@ def _write_snapshot_folder(
     partial.mkdir(parents=True)
     write_manifest(manifest, partial / MANIFEST_FILE)
     description = {k: v for k, v in asdict(record).items() if k != "dvc_hash"}
-    for name, document in (("snapshot.json", description), ("drift.json", asdict(drift))):
+    for name, document in (("snapshot.json", description), (DRIFT_FILE, asdict(drift))):
         write_atomically(partial / name, json.dumps(document, indent=2, default=str).encode())
     partial.rename(final)
     return final

@@ -79,10 +79,14 @@ def _access_settings() -> AccessSettings:
 
 @contextmanager
 def _registry_errors(tracking_uri: str) -> Iterator[None]:
-    """MLflow's refusals and outages as a clear exit."""
+    """MLflow's refusals (exit 1) and outages (exit 3, told by the error's type) as a clear
+    exit."""
     from mlflow.exceptions import MlflowException
+
+    from registry.mlflow_errors import is_unreachable
 
     try:
         yield
     except MlflowException as error:
-        fail(f"MLflow at {tracking_uri}: {error.message}", EXIT_UNAVAILABLE)
+        code = EXIT_UNAVAILABLE if is_unreachable(error) else EXIT_REFUSED
+        fail(f"MLflow at {tracking_uri}: {error.message}", code)

@@ -13,13 +13,15 @@ from typing import Any, NoReturn, TypeVar
 import typer
 
 from cme.bootstrap import App, bootstrap
-from usecases.params import ParamsError
+from pipelines import errors
 
 T = TypeVar("T")
 
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
+# The exit statuses of the kinds of error (`pipelines.errors`), as the commands name them.
+EXIT_REFUSED = errors.EXIT_REFUSED
+EXIT_USAGE = errors.EXIT_BAD_INPUT
+EXIT_UNAVAILABLE = errors.EXIT_RETRYABLE
+EXIT_FAULT = errors.EXIT_FAULT
 
 
 class OutputFormat(StrEnum):
@@ -42,37 +44,13 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 @contextmanager
 def opened_app() -> Iterator[App]:
-    from pipelines.dataset.manifest import ManifestError
-    from pipelines.dataset.versioning import DataVersionError
-    from pipelines.evaluation import EvaluationError
-    from pipelines.training.config import TrainConfigError, TrainingDataError
-    from registry.labels import (
-        ConcurrentChange,
-        LabelRegistryError,
-        RegistryUnavailable,
-        SchemaOutOfDate,
-    )
-    from registry.models import ModelRegistryError, ModelRegistryUnavailable
-    from usecases.challenger_evaluation import NothingToEvaluate
-    from usecases.platform import TrackingUnavailable
-
+    """The app for one command; a platform error ends it with its kind's exit status (bad
+    input 2, refused 1, unavailable or retryable 3, fault 4) and its message, no traceback."""
     app = bootstrap()
     try:
         yield app
-    except ParamsError as error:
-        fail(str(error))
-    except (
-        RegistryUnavailable, SchemaOutOfDate, ConcurrentChange, DataVersionError,
-        TrackingUnavailable, ModelRegistryUnavailable,
-    ) as error:  # fmt: skip
-        fail(str(error), EXIT_UNAVAILABLE)
-    except ModelRegistryError as error:
-        fail(str(error), EXIT_REFUSED)
-    except (
-        LabelRegistryError, ManifestError, TrainConfigError, TrainingDataError,
-        NothingToEvaluate, EvaluationError,
-    ) as error:  # fmt: skip
-        fail(str(error))
+    except errors.PlatformError as error:
+        fail(str(error), error.exit_code)
     finally:
         app.close()
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cme.cli.common import EXIT_UNAVAILABLE, fail
+from cme.cli.common import fail
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -19,17 +19,15 @@ def upgrade(revision: str = typer.Argument("head")) -> None:
     """Apply migrations up to REVISION (default head)."""
     from sqlalchemy.exc import DBAPIError
 
+    from registry.database import translated
     from registry.labels import schema
 
     engine = _engine()
     try:
         schema.upgrade(engine, revision)
         typer.echo(f"label registry at revision {schema.current_revision(engine)}")
-    except DBAPIError as error:
-        fail(
-            f"cannot migrate {_shown(engine)}: {error.orig}",
-            EXIT_UNAVAILABLE,
-        )
+    except DBAPIError as error:  # unreachable: exit 3; the database refused the SQL: 4
+        fail(f"cannot migrate {_shown(engine)}: {error.orig}", translated(error).exit_code)
     finally:
         engine.dispose()
 
@@ -39,6 +37,7 @@ def current() -> None:
     """Print the schema revision of the database and the one the code needs."""
     from sqlalchemy.exc import DBAPIError
 
+    from registry.database import translated
     from registry.labels import schema
 
     engine = _engine()
@@ -48,7 +47,7 @@ def current() -> None:
             f"code needs {schema.head_revision()}"
         )
     except DBAPIError as error:
-        fail(f"cannot read {_shown(engine)}: {error.orig}", EXIT_UNAVAILABLE)
+        fail(f"cannot read {_shown(engine)}: {error.orig}", translated(error).exit_code)
     finally:
         engine.dispose()
 

@@ -3,6 +3,7 @@ this process or deployed on a schedule."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,9 @@ def backtest(
     ),
     seed: int = typer.Option(0, "--seed", help="Order in which lesions arrive."),
     overrides: list[str] = OVERRIDES,
+    later: list[str] = typer.Option(
+        [], "--later-weeks-set", help="A params override for week 2 on, e.g. train.epochs=6."
+    ),
 ) -> None:
     """Replay a labelled set (e.g. ../shared/data/ham10000) as weekly arrivals of confirmed
     labels through the real weekly-retrain flow, in an installation of its own under --out;
@@ -170,8 +174,10 @@ def backtest(
         params = app.params(overrides)
         replayed = []
         for number, batch in enumerate(batches, start=1):
-            week = replay.replay_week(app, params, number, batch, data / "images",
-                                      lambda: _weekly_retrain_state(overrides))  # fmt: skip
+            retrain = partial(
+                _weekly_retrain_state, overrides if number == 1 else [*overrides, *later]
+            )
+            week = replay.replay_week(app, params, number, batch, data / "images", retrain)
             typer.echo(f"week {number}: {len(batch)} labels arrived; " + _week_line(week))
             replayed.append(week)
         champions = {week.champion for week in replayed if week.champion}
@@ -179,9 +185,32 @@ def backtest(
     finally:
         app.close()
     results = replay.backtest_weeks(replayed, scored, test_images)
-    files = replay.report(results, out, data, overrides)
+    files = replay.report(results, out, data, [*overrides, *(f"from week 2: {o}" for o in later)])
     typer.echo(verdict(results))
     typer.echo(f"report: {files.html} (chart {files.chart_png}, weeks {files.csv})")
+
+
+def backtest_compare(
+    arms: list[str] = typer.Argument(
+        ..., help="NAME=FOLDER for each backtest to compare (its --out), e.g. loop=.cme/bt-a."
+    ),
+    out: Path = typer.Option(..., "--out", help="Where the chart and table go."),
+) -> None:
+    """Compare backtests of the same weeks run under different settings (the loop, warm-
+    started from the champion, against restarting from the base weights every week): the
+    champion of each by week on the final locked test set, in one chart and one table."""
+    from pipelines.backtest import BACKTEST_JSON, arms_verdict, read_backtest, write_arms_report
+
+    weeks = {}
+    for arm in arms:
+        name, _, folder = arm.partition("=")
+        report = Path(folder) / "report" / BACKTEST_JSON
+        if not name or not report.is_file():
+            fail(f"{arm}: expected NAME=FOLDER with FOLDER/report/{BACKTEST_JSON}")
+        weeks[name] = read_backtest(report)
+    chart, table = write_arms_report(weeks, out, title="Backtest: " + " against ".join(weeks))
+    typer.echo(arms_verdict(weeks))
+    typer.echo(f"chart {chart}, table {table}")
 
 
 def _weekly_retrain_state(overrides: list[str]) -> Any:

@@ -13,7 +13,7 @@ import typer
 from cme.cli.common import OVERRIDES, OutputFormat, emit, opened_app
 
 if TYPE_CHECKING:
-    from registry.labels import AuditEvent
+    from registry.audit_trail import AuditEvent
     from registry.models import ModelVersion
     from registry.promotion import Outcome, RegistryStatus
 
@@ -142,7 +142,7 @@ def audit(
 ) -> None:
     """The append-only audit trail of the model registry, oldest first."""
     with opened_app() as cme:
-        events = cme.label_registry().repository.audit_events(
+        events = cme.audit_trail().events(
             cme.settings.model_name, limit=limit, newest_first=limit is not None
         )
     events.sort(key=lambda event: event.event_id or 0)
@@ -198,6 +198,7 @@ def _version_line(version: ModelVersion | None) -> str:
         f"ROC AUC {tags.get('test_roc_auc', '?')}  snapshot {tags.get('snapshot_id', '?')}  "
         f"approval {version.approval or '?'}"
         + (f" by {version.reviewer}" if version.reviewer else "")
+        + f"  initialized from {tags.get('initialized_from', '?')}"
     )
 
 

@@ -63,7 +63,7 @@ def predict(
         if log_predictions:
             at, name = utc_now(), cme.settings.model_name
             records = [answer.record(name, CLI_SOURCE, at) for answer in answered]
-            cme.label_registry().record_predictions(records)
+            cme.prediction_log().record_predictions(records)
     for refusal in refused:
         typer.secho(f"error: {refusal.image_name}: {refusal.reason}", fg=typer.colors.RED, err=True)
     if refused:
@@ -73,12 +73,14 @@ def predict(
 def _loaded(uri: str) -> ServedModel:
     from mlflow.exceptions import MlflowException
 
+    from registry.mlflow_errors import is_unreachable
     from usecases.serving import load_served_model
 
     try:
         return load_served_model(uri)
-    except MlflowException as error:
-        fail(f"cannot load {uri}: {error.message}", EXIT_UNAVAILABLE)
+    except MlflowException as error:  # unreachable (exit 3), or no such model (exit 1)
+        code = EXIT_UNAVAILABLE if is_unreachable(error) else EXIT_REFUSED
+        fail(f"cannot load {uri}: {error.message}", code)
 
 
 def serve(

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.dataset.split import SPLITS, Split, SplitFractions, assign_lesion_splits
+from pipelines.errors import BadInput
 
 MELANOMA = "mel"
 
@@ -50,7 +51,7 @@ _DTYPES: dict[str, str] = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(BadInput, ValueError):
     """A manifest file cannot be read as a manifest; the message names the file and why."""
 
 

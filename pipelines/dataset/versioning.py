@@ -21,11 +21,26 @@ from typing import Any
 
 import yaml
 
+from pipelines.errors import BadInput, Fault, PlatformError, Unavailable
+
 _WORK_IN_PROGRESS = (".staging/", ".*.partial")
 
 
-class DataVersionError(RuntimeError):
-    """A DVC step failed; the message carries DVC's own explanation."""
+class DataVersionError(PlatformError):
+    """The family of the data versioning errors; the message carries DVC's own explanation.
+    Adds no kind: each error below is of exactly one."""
+
+
+class DataRemoteUnavailable(DataVersionError, Unavailable):
+    """DVC could not move data to or from the remote (unreachable, or failing for now)."""
+
+
+class DataVersionFailed(DataVersionError, Fault):
+    """A DVC step failed in a way a retry would meet again (a broken project or cache)."""
+
+
+class DataFolderError(DataVersionError, BadInput):
+    """A folder given to DVC is not where it can be (outside the project, already there)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,7 @@ class DataVersioning:
         """Materialize the data folder of version `dvc_hash` at `target` (which must not
         exist), fetching from the remote what the local cache lacks."""
         if target.exists():
-            raise DataVersionError(f"{target} already exists; restore into a new folder")
+            raise DataFolderError(f"{target} already exists; restore into a new folder")
         staging = self.project_dir / f".cme-restore-{dvc_hash[:12]}-{os.getpid()}"
         pointer = staging.with_name(staging.name + ".dvc")
         pointer.write_text(
@@ -79,7 +94,7 @@ class DataVersioning:
     def _repository(self) -> Iterator[Any]:
         """The DVC repository at the project root (created on first use), with the remote
         configured, inside the project folder as DVC expects; DVC errors are translated."""
-        from dvc.exceptions import DvcException
+        from dvc.exceptions import DvcException, FileTransferError, HTTPError
         from dvc.repo import Repo
 
         os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -93,8 +108,10 @@ class DataVersioning:
                 with Repo(".") as repo:
                     self._configure(repo)
                     yield repo
+        except (FileTransferError, HTTPError) as error:
+            raise DataRemoteUnavailable(f"dvc: {error}") from error
         except DvcException as error:
-            raise DataVersionError(f"dvc: {error}") from error
+            raise DataVersionFailed(f"dvc: {error}") from error
 
     def _configure(self, repo: Any) -> None:
         remote = {"url": self.remote_url}
@@ -122,9 +139,9 @@ class DataVersioning:
         try:
             return str(path.resolve().relative_to(self.project_dir.resolve()))
         except ValueError:
-            raise DataVersionError(
+            raise DataFolderError(
                 f"data folder {path} is outside the DVC project {self.project_dir}"
             ) from None
 
     def _fail_without_hash(self) -> str:
-        raise DataVersionError(f"{self.pointer_file} has no md5 after `dvc add`")
+        raise DataVersionFailed(f"{self.pointer_file} has no md5 after `dvc add`")

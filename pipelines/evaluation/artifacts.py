@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 from pipelines.evaluation.evaluate import CHALLENGER, CHAMPION, ScoredModel
 from pipelines.evaluation.metrics import as_probabilities
 from pipelines.evaluation.plots import confusion_figure, pr_figure, reliability_figure, roc_figure
-from pipelines.evaluation.report import EvaluationReport, summary_html, summary_markdown
+from pipelines.evaluation.rendering import summary_html, summary_markdown
+from pipelines.evaluation.report import EvaluationReport
 
 FIGURES: dict[str, str] = {
     "ROC curve": "roc.png",

@@ -17,7 +17,11 @@ from pipelines.evaluation.metrics import (
     called_melanoma,
 )
 from pipelines.evaluation.report import ChampionComparison, EvaluationReport, ModelEvaluation
-from pipelines.evaluation.stats import delong_test, paired_bootstrap_f1
+from pipelines.evaluation.stats import (
+    delong_test,
+    paired_bootstrap_f1,
+    paired_bootstrap_partial_auc,
+)
 from pipelines.evaluation.subgroups import AgeBands, subgroup_table
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -55,7 +59,8 @@ def evaluate_on_test_set(
     settings: EvaluationSettings,
 ) -> EvaluationReport:
     """Metrics and subgroups of each model at its own threshold; with a champion, DeLong's
-    test of the ROC AUC difference and a lesion-paired bootstrap of the F1 difference."""
+    test of the ROC AUC difference and lesion-paired bootstraps of the F1 and partial ROC
+    AUC differences."""
     labels = _test_labels(cases)
     challenger = checked_model(CHALLENGER, challenger, cases)
     if champion is not None:
@@ -114,6 +119,16 @@ def _versus(
             labels,
             called_melanoma(challenger.probabilities, challenger.threshold),
             called_melanoma(champion.probabilities, champion.threshold),
+            lesions=cases["lesion_id"].to_numpy(),
+            iterations=settings.bootstrap_iterations,
+            confidence=settings.confidence,
+            alpha=settings.alpha,
+            seed=settings.seed,
+        ),
+        partial_auc=paired_bootstrap_partial_auc(
+            labels,
+            challenger.probabilities,
+            champion.probabilities,
             lesions=cases["lesion_id"].to_numpy(),
             iterations=settings.bootstrap_iterations,
             confidence=settings.confidence,

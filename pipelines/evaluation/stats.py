@@ -11,6 +11,8 @@ paired comparisons are offered:
 * F1 at each model's operating threshold: a paired bootstrap. Several images of one lesion
   are correlated, so with lesion ids the bootstrap draws whole lesions (a cluster
   bootstrap); without them it draws images.
+* The partial ROC AUC above 80% sensitivity (ISIC 2024's metric): the same paired
+  bootstrap, over the scores.
 
 Labels are binary throughout: 1 (or True) is melanoma.
 """
@@ -24,7 +26,14 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import sparse, stats
+
+from pipelines.evaluation.metrics import (
+    PARTIAL_AUC_MIN_SENSITIVITY,
+    descending_score_groups,
+    partial_auc_of_weights,
+    partial_roc_auc,
+)
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -473,3 +482,173 @@ def _f1(tp: FloatArray, fp: FloatArray, fn: FloatArray) -> FloatArray:
     """2TP / (2TP + FP + FN), defined as 0 when there is nothing to count."""
     denominator = 2.0 * tp + fp + fn
     return np.divide(2.0 * tp, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+
+
+# --------------------------------------------------------------------------------------
+# Paired bootstrap of the partial ROC AUC
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartialAucComparison:
+    """Paired bootstrap of challenger minus champion partial ROC AUC above
+    `min_sensitivity` (0 to 1 - min_sensitivity), over the scores."""
+
+    challenger_partial_auc: float
+    champion_partial_auc: float
+    difference: float
+    """challenger - champion, on the full test set"""
+    ci_low: float
+    ci_high: float
+    """percentile interval of the bootstrap differences at `confidence` (two-sided)"""
+    confidence: float
+    alpha: float
+    """the one-sided level `lower_bound` was taken at"""
+    lower_bound: float
+    """the alpha quantile of the bootstrap differences"""
+    p_not_better: float
+    """share of bootstrap differences <= 0"""
+    iterations: int
+    """resamples with both classes (a resample without melanoma or without others has no
+    ROC curve and is left out)"""
+    resampled: str
+    """"lesion" or "image": the unit drawn with replacement"""
+    min_sensitivity: float = PARTIAL_AUC_MIN_SENSITIVITY
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {name: _typed(name, value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PartialAucComparison:
+        values: dict[str, Any] = {
+            f.name: _typed(f.name, data[f.name]) for f in fields(cls) if f.name in data
+        }
+        return cls(**values)
+
+
+def _typed(name: str, value: Any) -> float | int | str:
+    if name == "iterations":
+        return int(value)
+    if name == "resampled":
+        return str(value)
+    return float(value)
+
+
+def paired_bootstrap_partial_auc(
+    labels: npt.ArrayLike,
+    challenger: npt.ArrayLike,
+    champion: npt.ArrayLike,
+    *,
+    lesions: npt.ArrayLike | None = None,
+    min_sensitivity: float = PARTIAL_AUC_MIN_SENSITIVITY,
+    iterations: int = 2000,
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> PartialAucComparison:
+    """Paired bootstrap of challenger - champion partial ROC AUC on the same cases.
+
+    As for F1: with `lesions` whole lesions are drawn with replacement, else images, the
+    same units for both models in each iteration. A drawn unit counts as many times as it
+    was drawn (a weighted ROC curve), so nothing is copied.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    _check_level("confidence", confidence)
+    _check_level("alpha", alpha)
+    truth = _as_binary(np.asarray(labels), "labels")
+    if truth.ndim != 1 or truth.all() or not truth.any():
+        raise ValueError("the partial ROC AUC needs 1-D labels with both classes")
+    units, resampled = _resampling_units(lesions, len(truth))
+    first = _score_vector(challenger, "challenger", len(truth))
+    second = _score_vector(champion, "champion", len(truth))
+    challenger_value = partial_roc_auc(truth, first, min_sensitivity)
+    champion_value = partial_roc_auc(truth, second, min_sensitivity)
+    models = (_ranked_model(first, truth, units), _ranked_model(second, truth, units))
+    differences = _bootstrap_partial_auc_differences(
+        int(units.max()) + 1, models, min_sensitivity, iterations, np.random.default_rng(seed)
+    )
+    if len(differences) == 0:
+        raise ValueError("no bootstrap resample had both classes: too few lesions")
+    tail = (1.0 - confidence) / 2.0
+    ci_low, ci_high = np.quantile(differences, [tail, 1.0 - tail])
+    return PartialAucComparison(
+        challenger_partial_auc=challenger_value,
+        champion_partial_auc=champion_value,
+        difference=challenger_value - champion_value,
+        ci_low=float(ci_low),
+        ci_high=float(ci_high),
+        confidence=confidence,
+        alpha=alpha,
+        lower_bound=float(np.quantile(differences, alpha)),
+        p_not_better=float(np.mean(differences <= 0.0)),
+        iterations=len(differences),
+        resampled=resampled,
+        min_sensitivity=min_sensitivity,
+    )
+
+
+@dataclass(frozen=True)
+class _RankedModel:
+    """A model's ROC curve as blocks of consecutive cases in descending order of score, and
+    which resampling units fall in each block, as melanoma and as not.
+
+    A block is a run of tied scores holding both classes, or a maximal run of tied-score
+    groups holding only one class: consecutive horizontal (or vertical) segments of the
+    curve joined into one, which changes no area. With m melanoma the curve has at most
+    2m + 1 blocks, far fewer than cases, and a resample's weight per block is its unit
+    multiplicities times a sparse (units, blocks) count matrix."""
+
+    melanoma: Any
+    """scipy.sparse.csr_array (units, blocks): melanoma images of each unit in each block"""
+    other: Any
+    """the same for the other images"""
+    blocks: IntArray
+    """np.arange(blocks): every block is one ROC point"""
+
+
+def _ranked_model(scores: FloatArray, truth: BoolArray, units: IntArray) -> _RankedModel:
+    order, starts = descending_score_groups(scores)
+    melanoma = truth[order]
+    sizes = np.diff(np.append(starts, len(order)))
+    with_melanoma = np.add.reduceat(melanoma.astype(np.int64), starts) > 0
+    with_other = np.add.reduceat((~melanoma).astype(np.int64), starts) > 0
+    kind = with_melanoma.astype(np.int64) + 2 * with_other.astype(np.int64)  # 3: both
+    opens = np.append(True, (kind[1:] != kind[:-1]) | (kind[1:] == 3))
+    block = np.repeat(np.cumsum(opens) - 1, sizes)
+    count = (int(units.max()) + 1, int(block[-1]) + 1)
+    ranked_units = units[order]
+
+    def counts(cases: BoolArray) -> Any:
+        ones = np.ones(int(cases.sum()))
+        return sparse.csr_array((ones, (ranked_units[cases], block[cases])), shape=count)
+
+    return _RankedModel(counts(melanoma), counts(~melanoma), np.arange(count[1]))
+
+
+def _bootstrap_partial_auc_differences(
+    units: int,
+    models: tuple[_RankedModel, _RankedModel],
+    min_sensitivity: float,
+    iterations: int,
+    rng: np.random.Generator,
+) -> FloatArray:
+    """Challenger - champion partial ROC AUC of each resample with both classes, drawn in
+    memory-bounded chunks."""
+    rows_per_chunk = max(1, _MAX_ENTRIES_PER_CHUNK // units)
+    differences = np.empty(iterations, dtype=np.float64)
+    for start in range(0, iterations, rows_per_chunk):
+        rows = min(rows_per_chunk, iterations - start)
+        multiplicities = _draw_multiplicities(rng, units, rows)
+        challenger, champion = (
+            partial_auc_of_weights(
+                np.asarray(multiplicities @ model.melanoma, dtype=np.float64),
+                np.asarray(multiplicities @ model.other, dtype=np.float64),
+                model.blocks,
+                min_sensitivity,
+            )
+            for model in models
+        )
+        differences[start : start + rows] = challenger - champion
+    differences[np.abs(differences) < 1e-12] = 0.0  # the same curve, summed in another order
+    return differences[~np.isnan(differences)]

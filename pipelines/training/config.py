@@ -7,9 +7,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from pipelines.errors import BadInput
+
 Imbalance = Literal["class_weight", "oversample", "none"]
 MixedPrecision = Literal["auto", "on", "off"]
 Schedule = Literal["constant", "cosine"]
+Initialization = Literal["champion", "base"]
 TestTimeAugmentation = Literal["none", "dihedral"]
 
 IMAGENET = "imagenet"
@@ -18,11 +21,11 @@ ALL_LAYERS = "all"
 RESNET50_BLOCKS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(BadInput, ValueError):
     """A training setting cannot work; the message names the setting and the way out."""
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(BadInput, ValueError):
     """The snapshot cannot train a classifier; the message says what is missing."""
 
 
@@ -62,6 +65,10 @@ class TrainConfig:
     threshold: float = 0.5
     test_time_augmentation: TestTimeAugmentation = "none"  # dihedral: mean over 8 orientations
     ensemble_size: int = 1  # > 1: that many models (seeds seed, seed+1, ...), served as one
+    init: Initialization = "champion"  # start from the serving champion, or from `weights`
+    shrink: float = 1.0  # warm start: the champion's weights times this...
+    perturb: float = 0.0  # ...plus a fresh initialisation times this (Ash and Adams, 2020)
+    warm_epochs: int = 3  # warm start: fine-tuning epochs at most (no head phase)
 
     def __post_init__(self) -> None:
         if self.unfreeze_from not in (*RESNET50_BLOCKS, ALL_LAYERS):
@@ -98,6 +105,13 @@ class TrainConfig:
             raise TrainConfigError(
                 f"train.ensemble_size={self.ensemble_size}: expected 1 (one model) or more"
             )
+        if not 0.0 < self.shrink <= 1.0 or self.perturb < 0:
+            raise TrainConfigError(
+                f"train.shrink={self.shrink}, train.perturb={self.perturb}: expected a shrink "
+                "in (0, 1] and a perturbation of 0 or more, e.g. 0.5 and 0.05"
+            )
+        if self.warm_epochs < 1:
+            raise TrainConfigError(f"train.warm_epochs={self.warm_epochs}: expected 1 or more")
         if self.head_epochs + self.epochs < 1:
             raise TrainConfigError("train.head_epochs + train.epochs must be at least 1")
 

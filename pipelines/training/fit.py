@@ -46,6 +46,7 @@ from pipelines.training.model import (
     unfreeze_from,
     with_diagnosis_head,
 )
+from pipelines.training.warm_start import WarmStart, shrink_and_perturb
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
 MONITOR = "val_auc"
@@ -130,9 +131,12 @@ def train_classifier(
     *,
     work_dir: Path,
     on_epoch: OnEpoch | None = None,
+    warm_start: WarmStart | None = None,
 ) -> TrainResult:
     """Fine-tune a ResNet50 classifier on the train split, choosing the best epoch on val;
-    with `train.ensemble_size` > 1, that many, each from its own seed, served as one."""
+    with `train.ensemble_size` > 1, that many, each from its own seed, served as one. With
+    `warm_start`, the classifier starts from the champion's weights, shrunk and perturbed,
+    and trains for `train.warm_epochs` (its head needs no warm-up)."""
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     train_files = labelled_files(manifest, data_dir, "train")
@@ -153,7 +157,7 @@ def train_classifier(
     )
     history: list[EpochRecord] = []
     members = [
-        _train_member(index, config, hardware, data, history, work_dir, on_epoch)
+        _train_member(index, config, hardware, data, history, work_dir, on_epoch, warm_start)
         for index in range(config.ensemble_size)
     ]
     served = serving_classifier(ensemble_classifier(members), config)
@@ -171,6 +175,7 @@ def _train_member(
     history: list[EpochRecord],
     work_dir: Path,
     on_epoch: OnEpoch | None,
+    warm_start: WarmStart | None = None,
 ) -> keras.Model:
     """Train one model (member `index` of an ensemble) through its phases; return it, in
     float32, with its best epoch's weights."""
@@ -182,7 +187,7 @@ def _train_member(
     strategy = _strategy(hardware)
     name = CLASSIFIER_NAME if config.ensemble_size == 1 else member_name(index)
     with dtype_policy(hardware.precision), strategy.scope():
-        model = build_classifier(member, resolve_weights(member), name=name)
+        model = _initialised(member, name, warm_start)
         # What is trained: the classifier itself, or it with the diagnosis head beside.
         trained = with_diagnosis_head(model, member) if member.learns_diagnosis else model
     train_batches = _training_batches(data.train, member, hardware)
@@ -195,7 +200,7 @@ def _train_member(
         history, train_batches.images, on_epoch, member=index + 1, members=config.ensemble_size
     )
     best: float | None = None
-    for phase, epochs, learning_rate in _phases(member):
+    for phase, epochs, learning_rate in _phases(member, warm=warm_start is not None):
         with strategy.scope():
             rate = phase_learning_rate(learning_rate, epochs, train_batches.steps, member)
             _prepare_phase(trained, phase, rate, member)
@@ -210,6 +215,15 @@ def _train_member(
     if best_file.exists():
         trained.load_weights(best_file)
     return float32_copy(model, member) if hardware.precision != "float32" else model
+
+
+def _initialised(config: TrainConfig, name: str, warm_start: WarmStart | None) -> keras.Model:
+    """The classifier before training: from the base weights, or from the champion's."""
+    if warm_start is None:
+        return build_classifier(config, resolve_weights(config), name=name)
+    model = build_classifier(config, None, name=name)  # fresh: the perturbation's source
+    shrink_and_perturb(model, warm_start.classifier, shrink=config.shrink, perturb=config.perturb)
+    return model
 
 
 def _roc_auc(model: keras.Model, batches: Batches) -> float:
@@ -265,7 +279,10 @@ def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
     return {0: total / (2 * (total - melanoma)), 1: total / (2 * melanoma)}
 
 
-def _phases(config: TrainConfig) -> Iterator[tuple[str, int, float]]:
+def _phases(config: TrainConfig, *, warm: bool = False) -> Iterator[tuple[str, int, float]]:
+    if warm:
+        yield "fine-tune", config.warm_epochs, config.learning_rate
+        return
     if config.pretrained and config.head_epochs > 0:
         yield "head", config.head_epochs, config.head_learning_rate
     if config.epochs > 0:

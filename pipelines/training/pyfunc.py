@@ -28,6 +28,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModel
 
+from pipelines.errors import BadInput, Fault
+
 IMAGE_COLUMN = "image"
 OUTPUT_COLUMNS = ("probability", "melanoma", "model_version")
 KERAS_ARTIFACT = "keras_model"
@@ -40,7 +42,7 @@ _BASE64_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 _log = logging.getLogger(__name__)
 
 
-class InvalidImage(MlflowException):
+class InvalidImage(MlflowException, BadInput):
     """An input row is not an image the model can read; the message names the row. An
     MlflowException of kind INVALID_PARAMETER_VALUE, so scoring servers answer 400."""
 
@@ -50,7 +52,7 @@ class InvalidImage(MlflowException):
         self.row = row
 
 
-class ModelFault(RuntimeError):
+class ModelFault(Fault, RuntimeError):
     """The model produced an answer that must not reach a patient (e.g. NaN)."""
 
 
@@ -110,6 +112,11 @@ class MelanomaClassifier(PythonModel):
             self.model_version = registered.version
             if registered.threshold is not None:
                 self.threshold = registered.threshold
+
+    @property
+    def keras_model(self) -> Any:
+        """The Keras model that answers (what a warm-started challenger starts from)."""
+        return self._model
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None

@@ -129,6 +129,12 @@ def log_classifier(
     return str(info.model_uri)
 
 
+def load_classifier(model_uri: str) -> keras.Model:
+    """The Keras model a logged or registered classifier serves, as trained."""
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    return pyfunc.unwrap_python_model().keras_model
+
+
 def _requirements() -> list[str]:
     """Pinned to what trained the model, for `mlflow models serve` in a fresh environment."""
     from importlib.metadata import version

@@ -1,21 +1,18 @@
-"""Domain errors of the label registry; database errors never leak past the repository."""
+"""Domain errors of the label registry, each of one kind (`pipelines.errors`). The database's
+own (unreachable, a lost race, a schema behind the code, a fault) are `registry.database`'s,
+raised for every repository over that database."""
 
 from __future__ import annotations
 
-
-class LabelRegistryError(Exception):
-    """Base of every label-registry error; the message is meant for a steward."""
+from pipelines.errors import BadInput, PlatformError
 
 
-class RegistryUnavailable(LabelRegistryError):
-    """The database cannot be reached or answered with an error."""
+class LabelRegistryError(PlatformError):
+    """The family of the label registry's own errors; the message is meant for a steward.
+    Adds no kind: each error below is of exactly one."""
 
 
-class SchemaOutOfDate(LabelRegistryError):
-    """The database schema is behind the code: run `cme db upgrade`."""
-
-
-class RejectedSubmission(LabelRegistryError):
+class RejectedSubmission(LabelRegistryError, BadInput):
     """A single submission (`labels add`) was refused; `reason_kind` is its short code."""
 
     def __init__(self, reason_kind: str, message: str) -> None:
@@ -23,17 +20,13 @@ class RejectedSubmission(LabelRegistryError):
         self.reason_kind = reason_kind
 
 
-class ConcurrentChange(LabelRegistryError):
-    """Another writer changed the same images or lesions first; this write was rolled back."""
-
-
-class UnknownImage(LabelRegistryError):
+class UnknownImage(LabelRegistryError, BadInput, LookupError):
     """No registered image has that id."""
 
 
-class UnknownSnapshot(LabelRegistryError):
+class UnknownSnapshot(LabelRegistryError, BadInput, LookupError):
     """No recorded snapshot has that id."""
 
 
-class LesionConflict(LabelRegistryError):
-    """A change would give one lesion two different diagnoses."""
+class LesionConflict(LabelRegistryError, BadInput):
+    """A change would give one lesion two different diagnoses (relabel the whole lesion)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipelines.errors import BadInput
 from registry.labels.domain import (
     DIAGNOSES,
     LABEL_SOURCES,
@@ -26,7 +27,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
-class MetadataFileError(LabelRegistryError):
+class MetadataFileError(LabelRegistryError, BadInput):
     """The metadata file as a whole cannot be read (missing, empty, not a CSV)."""
 
 

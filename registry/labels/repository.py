@@ -1,4 +1,7 @@
-"""The label registry's storage, behind a small interface. ORM rows never leave this module."""
+"""The label registry's storage, behind a small interface: images and their label events,
+the quarantine, and the snapshots with the lesion splits they lock (a snapshot locks each
+lesion's split, so it is written under the same lock as the labels). ORM rows never leave
+this module; the database itself (engine, transactions, errors) is `registry.database`."""
 
 from __future__ import annotations
 
@@ -7,64 +10,35 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    Engine,
-    Select,
-    and_,
-    create_engine,
-    delete,
-    event,
-    func,
-    insert,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Select, and_, func, insert, select, text
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, StatementError
 
-from registry.labels import schema
+from registry.database import ConcurrentChange, Repository, insert_ignoring_duplicates
 from registry.labels.domain import (
-    AuditEvent,
     Diagnosis,
     ImageFacts,
     LabelEvent,
     LabelledImage,
-    MatchedPrediction,
-    PredictionRecord,
     QuarantinedRow,
     RegistryStats,
-    RunLease,
     SnapshotRecord,
 )
-from registry.labels.errors import (
-    ConcurrentChange,
-    LabelRegistryError,
-    RegistryUnavailable,
-    SchemaOutOfDate,
-)
 from registry.labels.orm import (
-    AuditEventRow,
     ImageRow,
     LabelEventRow,
     LesionRow,
     LesionSplitRow,
-    PredictionRow,
     QuarantineRow,
-    RunLeaseRow,
     SnapshotRow,
 )
 
 _CHUNK = 500  # ids per IN (...) clause, well under every backend's parameter limit
-_WRITE_LOCK = 0x636D_656C  # PostgreSQL advisory lock that serializes label writes ("cmel")
-_LEASE_NAME_MAX = 64  # run_leases.name
-_LEASE_HOLDER_MAX = 256  # run_leases.holder
-_PREDICTION_TEXT_MAX = {"model_name": 256, "model_version": 32, "source": 16, "image_name": 255}
-_HEX = frozenset("0123456789abcdef")
+LABEL_WRITE_LOCK = 0x636D_656C
+"""PostgreSQL advisory lock that serialises the label writes ("cmel"): imports, relabels,
+snapshots. The audit trail, run leases and the prediction log never take it."""
 
 
 @dataclass(frozen=True)
@@ -120,32 +94,8 @@ class Relabel:
     confirmed_at: datetime
 
 
-class LabelRepository:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    @classmethod
-    def open(cls, url: str, *, migrate: bool) -> LabelRepository:
-        """Connect; apply migrations when asked, else insist that the schema is current."""
-        engine = _create_engine(url)
-        with _translated_errors():
-            if migrate:
-                schema.upgrade(engine)
-            current, head = schema.current_revision(engine), schema.head_revision()
-        if current != head:
-            engine.dispose()
-            raise SchemaOutOfDate(
-                f"label registry schema is at {current or 'nothing'}, the code needs {head}: "
-                "run `cme db upgrade`"
-            )
-        return cls(engine)
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-    @property
-    def backend(self) -> str:
-        return self._engine.dialect.name
+class LabelRepository(Repository):
+    """Images, label events, the quarantine, snapshots and the lesion splits they lock."""
 
     # -- reading -------------------------------------------------------------------------
 
@@ -157,7 +107,7 @@ class LabelRepository:
                 past = select(LabelEventRow).where(LabelEventRow.image_id.in_(chunk))
                 for event_row in connection.execute(past):
                     earlier.setdefault(event_row.image_id, set()).add(_diagnosis(event_row))
-                query = _current_labels().where(ImageRow.image_id.in_(chunk))
+                query = current_labels_query().where(ImageRow.image_id.in_(chunk))
                 for row in connection.execute(query):
                     image = _registered_image(row)
                     found[row.image_id] = replace(
@@ -181,7 +131,7 @@ class LabelRepository:
 
     def images_of_lesion(self, lesion_id: str) -> list[RegisteredImage]:
         with self._reading() as connection:
-            query = _current_labels().where(ImageRow.lesion_id == lesion_id)
+            query = current_labels_query().where(ImageRow.lesion_id == lesion_id)
             return [_registered_image(row) for row in connection.execute(query)]
 
     def lesion_diagnoses(self, lesion_ids: Iterable[str]) -> dict[str, str]:
@@ -189,7 +139,7 @@ class LabelRepository:
         diagnoses: dict[str, str] = {}
         with self._reading() as connection:
             for chunk in _chunks(sorted(set(lesion_ids))):
-                query = _current_labels().where(ImageRow.lesion_id.in_(chunk))
+                query = current_labels_query().where(ImageRow.lesion_id.in_(chunk))
                 for row in connection.execute(query):
                     diagnoses[row.lesion_id] = row.dx
         return diagnoses
@@ -202,7 +152,7 @@ class LabelRepository:
     def current_labels(
         self, *, since: datetime | None = None, sources: Sequence[str] | None = None
     ) -> Iterator[LabelledImage]:
-        query = _current_labels()
+        query = current_labels_query()
         if since is not None:
             query = query.where(LabelEventRow.confirmed_at >= since)
         if sources:
@@ -228,7 +178,7 @@ class LabelRepository:
 
     def stats(self) -> RegistryStats:
         with self._reading() as connection:
-            current = _current_labels().subquery()
+            current = current_labels_query().subquery()
             by_dx = _grouped_counts(connection, current.c.dx)
             by_dx_type = _grouped_counts(connection, current.c.dx_type)
             by_reason = _grouped_counts(connection, QuarantineRow.reason_kind)
@@ -260,152 +210,7 @@ class LabelRepository:
             row = connection.execute(query).first()
             return _snapshot_record(row) if row is not None else None
 
-    def audit_events(
-        self, model_name: str, *, limit: int | None = None, newest_first: bool = False
-    ) -> list[AuditEvent]:
-        """The model's audit trail, oldest first (or the newest `limit` events first)."""
-        order = AuditEventRow.event_id.desc() if newest_first else AuditEventRow.event_id
-        query = select(AuditEventRow).where(AuditEventRow.model_name == model_name).order_by(order)
-        if limit is not None:
-            query = query.limit(limit)
-        with self._reading() as connection:
-            return [_audit_event(row) for row in connection.execute(query)]
-
-    def lease(self, name: str) -> RunLease | None:
-        """The run lease of that name as recorded, expired or not; None when nobody holds it."""
-        query = select(RunLeaseRow).where(RunLeaseRow.name == name)
-        with self._reading() as connection:
-            row = connection.execute(query).first()
-            return _run_lease(row) if row is not None else None
-
-    def predictions(
-        self, model_name: str, *, since: datetime | None = None
-    ) -> list[PredictionRecord]:
-        """The model's logged predictions (made at or after `since`), oldest first."""
-        query = _of_model(select(PredictionRow), model_name, since)
-        with self._reading() as connection:
-            return [_prediction_record(row) for row in connection.execute(query)]
-
-    def matched_predictions(
-        self,
-        model_name: str,
-        *,
-        sources: Sequence[str] | None = None,
-        since: datetime | None = None,
-    ) -> list[MatchedPrediction]:
-        """The model's logged predictions of registered images, each beside the image's
-        current label (of a source in `sources`), oldest first. A prediction of an image the
-        registry does not hold (yet) is left out."""
-        current = _current_labels().subquery()
-        # When a label of a listed source first reached the registry: a consensus label
-        # registered before the prediction and a biopsy result after it is a later label.
-        first = select(
-            LabelEventRow.image_id, func.min(LabelEventRow.recorded_at).label("arrived_at")
-        )
-        if sources:
-            first = first.where(LabelEventRow.dx_type.in_(list(sources)))
-        arrival = first.group_by(LabelEventRow.image_id).subquery()
-        query: Select[Any] = (
-            select(
-                *PredictionRow.__table__.columns,
-                current.c.image_id,
-                current.c.lesion_id,
-                current.c.dx,
-                current.c.dx_type,
-                arrival.c.arrived_at.label("label_arrived_at"),
-                current.c.confirmed_at,
-            )
-            .join(current, current.c.sha256 == PredictionRow.image_sha256)
-            .join(arrival, arrival.c.image_id == current.c.image_id)
-        )
-        if sources:
-            query = query.where(current.c.dx_type.in_(list(sources)))
-        query = _of_model(query, model_name, since).order_by(  # first registered first
-            current.c.registered_at, current.c.image_id
-        )
-        matched: list[MatchedPrediction] = []
-        with self._reading() as connection:
-            for row in connection.execute(query):
-                if matched and matched[-1].prediction.prediction_id == row.prediction_id:
-                    # The same content under two image ids (two concurrent imports can both
-                    # pass the duplicate check): the first registered counts, as at intake.
-                    continue
-                matched.append(_matched_prediction(row))
-        return matched
-
     # -- writing -------------------------------------------------------------------------
-
-    def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
-        """Append predictions to the log, all in one transaction; returns how many.
-
-        Not a label write, so it takes no write lock: a serving process logging predictions
-        never waits for a label import. On SQLite a plain BEGIN is enough, as the transaction
-        only inserts."""
-        if not records:
-            return 0
-        for record in records:
-            _check_prediction(record)
-        with _translated_errors(), self._engine.begin() as connection:
-            connection.execute(insert(PredictionRow), [_prediction_values(r) for r in records])
-        return len(records)
-
-    def acquire_lease(
-        self, name: str, holder: str, ttl: timedelta, now: datetime
-    ) -> RunLease | None:
-        """Take the named lease until `now + ttl` when it is free, lapsed (a crashed holder)
-        or already `holder`'s (then it is renewed); None while another holder's claim runs."""
-        _check_lease(name, holder, ttl, now)
-        with self._writing() as connection:
-            row = connection.execute(select(RunLeaseRow).where(RunLeaseRow.name == name)).first()
-            if row is None:
-                lease = RunLease(name, holder, now, now, now + ttl)
-                connection.execute(insert(RunLeaseRow).values(_run_lease_values(lease)))
-                return _in_utc(lease)
-            current = _run_lease(row)
-            if current.holder != holder and not current.is_expired(now):
-                return None
-            acquired_at = current.acquired_at if current.holder == holder else now
-            lease = RunLease(name, holder, acquired_at, now, now + ttl)
-            connection.execute(
-                update(RunLeaseRow).where(RunLeaseRow.name == name).values(_run_lease_values(lease))
-            )
-            return _in_utc(lease)
-
-    def renew_lease(self, name: str, holder: str, ttl: timedelta, now: datetime) -> RunLease | None:
-        """Extend `holder`'s lease to `now + ttl`, even a lapsed one nobody took; None when
-        `holder` no longer holds it."""
-        _check_lease(name, holder, ttl, now)
-        with self._writing() as connection:
-            row = connection.execute(select(RunLeaseRow).where(RunLeaseRow.name == name)).first()
-            if row is None or row.holder != holder:
-                return None
-            lease = replace(_run_lease(row), renewed_at=now, expires_at=now + ttl)
-            connection.execute(
-                update(RunLeaseRow)
-                .where(RunLeaseRow.name == name)
-                .values(renewed_at=lease.renewed_at, expires_at=lease.expires_at)
-            )
-            return _in_utc(lease)
-
-    def release_lease(self, name: str, holder: str) -> bool:
-        """Give the lease up if `holder` holds it; False when it held nothing to give up."""
-        with self._writing() as connection:
-            released = connection.execute(
-                delete(RunLeaseRow).where(RunLeaseRow.name == name, RunLeaseRow.holder == holder)
-            )
-            return bool(released.rowcount)
-
-    def record_audit_event(self, event: AuditEvent) -> AuditEvent:
-        """Append one event to the audit trail; returns it with its id."""
-        values = {
-            name: getattr(event, name)
-            for name in AuditEvent.__dataclass_fields__
-            if name != "event_id"
-        }
-        with self._writing() as connection:
-            inserted = insert(AuditEventRow).values(values).returning(AuditEventRow.event_id)
-            event_id = connection.execute(inserted).scalar_one()
-        return replace(event, event_id=int(event_id))
 
     def record_snapshot(self, record: SnapshotRecord, splits: Mapping[str, str]) -> None:
         """Record a snapshot and lock the split of each of its lesions not locked before, in
@@ -441,7 +246,7 @@ class LabelRepository:
             lesion_ids = sorted({image.lesion_id for image in images})
             if lesion_ids:
                 connection.execute(
-                    _insert_ignoring_duplicates(connection, LesionRow, ["lesion_id"]),
+                    insert_ignoring_duplicates(connection, LesionRow, ["lesion_id"]),
                     [{"lesion_id": lesion, "registered_at": now} for lesion in lesion_ids],
                 )
             if images:
@@ -503,27 +308,23 @@ class LabelRepository:
         fresh = [rejection for key, rejection in unique.items() if key not in existing]
         if fresh:
             connection.execute(
-                _insert_ignoring_duplicates(connection, QuarantineRow, ["fingerprint"]),
+                insert_ignoring_duplicates(connection, QuarantineRow, ["fingerprint"]),
                 [_rejection_values(rejection, now) for rejection in fresh],
             )
         return len(fresh)
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
-        with _translated_errors(), self._engine.connect() as connection:
+        with self.database.reading() as connection:
             yield connection
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
-        """A write transaction, serialized with every other label write: PostgreSQL takes an
-        advisory lock, SQLite begins IMMEDIATE. Checks made inside it therefore see every
-        change committed before it."""
-        with _translated_errors(), self._engine.connect() as connection:
-            writer = connection.execution_options(cme_writer=True)
-            with writer.begin():
-                if writer.dialect.name == "postgresql":
-                    writer.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK})
-                yield writer
+        """A write transaction, serialized with every other label write (the advisory lock
+        on PostgreSQL, the file's write lock on SQLite). Checks made inside it therefore see
+        every change committed before it."""
+        with self.database.writing(advisory_lock=LABEL_WRITE_LOCK) as connection:
+            yield connection
 
 
 _LABEL_TABLES = (
@@ -534,40 +335,10 @@ _LABEL_TABLES = (
 )
 
 
-def _create_engine(url: str) -> Engine:
-    try:
-        return _engine_for(url)
-    except ArgumentError as error:
-        raise LabelRegistryError(f"label registry URL is not usable: {error}") from None
-
-
-def _engine_for(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event emits BEGIN itself
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def _sqlite_begin(connection: Connection) -> None:
-    writer = connection.get_execution_options().get("cme_writer", False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
-
-
 def _refuse_lesions_with_two_diagnoses(connection: Connection, lesion_ids: Sequence[str]) -> None:
     """Inside a write transaction: a lesion has one diagnosis, whatever was committed before."""
     for chunk in _chunks(lesion_ids):
-        current = _current_labels().where(ImageRow.lesion_id.in_(chunk)).subquery()
+        current = current_labels_query().where(ImageRow.lesion_id.in_(chunk)).subquery()
         split = (
             select(current.c.lesion_id)
             .group_by(current.c.lesion_id)
@@ -581,29 +352,8 @@ def _refuse_lesions_with_two_diagnoses(connection: Connection, lesion_ids: Seque
             )
 
 
-@contextmanager
-def _translated_errors() -> Iterator[None]:
-    try:
-        yield
-    except LabelRegistryError:
-        raise
-    except IntegrityError as error:
-        raise ConcurrentChange(
-            "another change to the same images was saved at the same time; nothing of this "
-            f"batch was written, run it again ({error.orig})"
-        ) from error
-    except DBAPIError as error:
-        raise RegistryUnavailable(f"label registry database error: {error.orig}") from error
-    except StatementError as error:  # a value the driver refused before sending it
-        raise LabelRegistryError(f"label registry refused a value: {error.orig}") from error
-
-
-def _insert_ignoring_duplicates(connection: Connection, table: Any, keys: list[str]) -> Any:
-    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    return dialect_insert(table).on_conflict_do_nothing(index_elements=keys)
-
-
-def _current_labels() -> Select[Any]:
+def current_labels_query() -> Select[Any]:
+    """Every image with its current (latest) label event, one row each."""
     latest = (
         select(LabelEventRow.image_id, func.max(LabelEventRow.version).label("version"))
         .group_by(LabelEventRow.image_id)
@@ -630,14 +380,6 @@ def _current_labels() -> Select[Any]:
             ),
         )
     )
-
-
-def _of_model(query: Select[Any], model_name: str, since: datetime | None) -> Select[Any]:
-    """Only the model's predictions made at or after `since`, oldest first."""
-    query = query.where(PredictionRow.model_name == model_name)
-    if since is not None:
-        query = query.where(PredictionRow.predicted_at >= since)
-    return query.order_by(PredictionRow.predicted_at, PredictionRow.prediction_id)
 
 
 def _count(connection: Connection, table: Any) -> int:
@@ -726,12 +468,6 @@ def _snapshot_values(record: SnapshotRecord) -> dict[str, Any]:
     return values
 
 
-def _audit_event(row: Row[Any]) -> AuditEvent:
-    return AuditEvent(
-        **{name: getattr(row, name) for name in AuditEvent.__dataclass_fields__},
-    )
-
-
 def _label_event(row: Row[Any]) -> LabelEvent:
     event_row = row
     return LabelEvent(
@@ -806,81 +542,3 @@ def _rejection_values(rejection: Rejection, now: datetime) -> dict[str, Any]:
         "steward": rejection.steward,
         "quarantined_at": now,
     }
-
-
-def _check_lease(name: str, holder: str, ttl: timedelta, now: datetime) -> None:
-    if not 0 < len(name) <= _LEASE_NAME_MAX:
-        raise LabelRegistryError(f"a lease name has 1 to {_LEASE_NAME_MAX} characters: {name!r}")
-    if not 0 < len(holder) <= _LEASE_HOLDER_MAX:
-        raise LabelRegistryError(f"a lease holder has 1 to {_LEASE_HOLDER_MAX} characters")
-    if ttl <= timedelta(0):
-        raise LabelRegistryError(f"a lease lasts a positive time, not {ttl}")
-    if now.tzinfo is None:
-        raise LabelRegistryError("naive datetime given to the label registry; use UTC")
-
-
-def _check_prediction(record: PredictionRecord) -> None:
-    """The same bounds on every backend (SQLite would keep an overlong name as it is)."""
-    sha256 = record.image_sha256
-    if len(sha256) != 64 or not _HEX.issuperset(sha256):
-        raise LabelRegistryError(
-            f"a prediction's image_sha256 is 64 lowercase hex digits, not {sha256!r:.80}"
-        )
-    for name, longest in _PREDICTION_TEXT_MAX.items():
-        text_value: str | None = getattr(record, name)
-        if text_value is not None and not 0 < len(text_value) <= longest:
-            raise LabelRegistryError(f"a prediction's {name} has 1 to {longest} characters")
-    for name in ("probability", "threshold"):
-        number: float = getattr(record, name)
-        if not 0 <= number <= 1:  # NaN too
-            raise LabelRegistryError(f"a prediction's {name} lies in [0, 1], not {number}")
-
-
-def _prediction_values(record: PredictionRecord) -> dict[str, Any]:
-    return {
-        name: getattr(record, name)
-        for name in PredictionRecord.__dataclass_fields__
-        if name != "prediction_id"
-    }
-
-
-def _prediction_record(row: Row[Any]) -> PredictionRecord:
-    return PredictionRecord(
-        **{name: getattr(row, name) for name in PredictionRecord.__dataclass_fields__}
-    )
-
-
-def _matched_prediction(row: Row[Any]) -> MatchedPrediction:
-    return MatchedPrediction(
-        prediction=_prediction_record(row),
-        image_id=row.image_id,
-        lesion_id=row.lesion_id,
-        dx=row.dx,
-        dx_type=row.dx_type,
-        label_arrived_at=row.label_arrived_at,
-        confirmed_at=row.confirmed_at,
-    )
-
-
-def _run_lease(row: Row[Any]) -> RunLease:
-    return RunLease(
-        name=row.name,
-        holder=row.holder,
-        acquired_at=row.acquired_at,
-        renewed_at=row.renewed_at,
-        expires_at=row.expires_at,
-    )
-
-
-def _run_lease_values(lease: RunLease) -> dict[str, Any]:
-    return {name: getattr(lease, name) for name in RunLease.__dataclass_fields__}
-
-
-def _in_utc(lease: RunLease) -> RunLease:
-    """As the database gives it back: every moment in UTC."""
-    return replace(
-        lease,
-        acquired_at=lease.acquired_at.astimezone(UTC),
-        renewed_at=lease.renewed_at.astimezone(UTC),
-        expires_at=lease.expires_at.astimezone(UTC),
-    )

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 
+from registry.database import ConcurrentChange, StoreFault, StoreUnavailable
 from registry.labels.domain import (
     DIAGNOSES,
     LABEL_SOURCES,
@@ -18,16 +19,12 @@ from registry.labels.domain import (
     IntakeRules,
     LabelEvent,
     LabelledImage,
-    MatchedPrediction,
-    PredictionRecord,
     QuarantinedRow,
     RegistryStats,
     SnapshotRecord,
 )
 from registry.labels.errors import (
-    ConcurrentChange,
     LesionConflict,
-    RegistryUnavailable,
     RejectedSubmission,
     UnknownImage,
     UnknownSnapshot,
@@ -134,7 +131,7 @@ class LabelRegistry:
         """Only a speed-up: the import is written whatever happens here."""
         try:
             self.repository.refresh_planner_statistics()
-        except RegistryUnavailable as error:
+        except (StoreUnavailable, StoreFault) as error:
             log.warning("planner statistics not refreshed after the import: %s", error)
 
     def add_image(
@@ -379,26 +376,6 @@ class LabelRegistry:
 
     def record_snapshot(self, record: SnapshotRecord, splits: Mapping[str, str]) -> None:
         self.repository.record_snapshot(record, splits)
-
-    # -- prediction log ------------------------------------------------------------------
-
-    def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
-        return self.repository.record_predictions(records)
-
-    def predictions(
-        self, model_name: str, *, since: datetime | None = None
-    ) -> list[PredictionRecord]:
-        return self.repository.predictions(model_name, since=since)
-
-    def matched_predictions(
-        self,
-        model_name: str,
-        *,
-        sources: Sequence[str] | None = None,
-        since: datetime | None = None,
-    ) -> list[MatchedPrediction]:
-        """The model's predictions of images whose label has since reached the registry."""
-        return self.repository.matched_predictions(model_name, sources=sources, since=since)
 
 
 def _read(path: Path, rules: IntakeRules) -> bytes:

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from playwright.sync_api import Page
 
-from registry.labels import LabelRepository
+from registry.audit_trail import AuditTrailRepository
 from registry.models import ModelRegistry
 from registry.promotion import ChampionLifecycle, GateRecord
 from tests.browser.mlflow_ui import (
@@ -73,7 +73,7 @@ def test_reviewer_approves_the_challenger_in_the_mlflow_ui(
     model_name = f"melanoma-resnet50-{uuid.uuid4().hex[:8]}"
     client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
     audit_url = f"sqlite:///{tmp_path / 'labels.db'}"
-    trail = LabelRepository.open(audit_url, migrate=True)
+    trail = AuditTrailRepository.open(audit_url, migrate=True)
     lifecycle = ChampionLifecycle(ModelRegistry(client, model_name), trail)
     version = challenger_awaiting_review(lifecycle, client)
 
@@ -111,7 +111,7 @@ def test_reviewer_approves_the_challenger_in_the_mlflow_ui(
     assert promoted.returncode == 0, promoted.stderr
     assert f"version {version} is now the champion (was none)" in promoted.stdout
     assert client.get_model_version_by_alias(model_name, "champion").version == version
-    trail_actions = [(e.action, e.actor) for e in trail.audit_events(model_name)]
+    trail_actions = [(e.action, e.actor) for e in trail.events(model_name)]
     assert trail_actions == [
         ("decision", "pipeline"), ("approval", "dr-test"), ("promotion", "promotion-flow"),
     ]  # fmt: skip

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from registry.labels import LabelRepository
+from registry.audit_trail import AuditTrailRepository
 from registry.models import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
 from registry.promotion import ChampionLifecycle, GateRecord, PromotionRefused
 from tests.mlflow_server import MlflowServer
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 def lifecycle(mlflow_server: MlflowServer, database_url: str) -> Iterator[ChampionLifecycle]:
     """A fresh registered model name on the shared server, with an empty audit trail."""
     name = f"melanoma-{uuid.uuid4().hex[:12]}"
-    trail = LabelRepository.open(database_url, migrate=True)
+    trail = AuditTrailRepository.open(database_url, migrate=True)
     yield ChampionLifecycle(ModelRegistry.at(mlflow_server.url, name), trail)
     trail.close()
 
@@ -62,7 +62,7 @@ def aliases(lifecycle: ChampionLifecycle) -> dict[str, str]:
 
 
 def actions(lifecycle: ChampionLifecycle) -> list[tuple[str, str | None]]:
-    return [(e.action, e.version) for e in lifecycle.trail.audit_events(lifecycle.model_name)]
+    return [(e.action, e.version) for e in lifecycle.trail.events(lifecycle.model_name)]
 
 
 def test_first_model_waits_for_the_reviewer_then_serves(lifecycle, mlflow_server):
@@ -84,7 +84,7 @@ def test_first_model_waits_for_the_reviewer_then_serves(lifecycle, mlflow_server
     assert [o.message for o in outcomes] == ["version 1 is now the champion (was none)"]
     assert aliases(lifecycle) == {CHAMPION: "1"}
     assert actions(lifecycle) == [("decision", "1"), ("approval", "1"), ("promotion", "1")]
-    approval = lifecycle.trail.audit_events(lifecycle.model_name)[1]
+    approval = lifecycle.trail.events(lifecycle.model_name)[1]
     assert approval.actor == "dr-ruiz"
     assert approval.evidence["via"] == "mlflow-ui"
     assert lifecycle.status().pending_approval == ()
@@ -127,7 +127,7 @@ def test_approve_promote_and_rollback_from_the_terminal(lifecycle, mlflow_server
     assert aliases(lifecycle) == {CHAMPION: "1"}
     with pytest.raises(PromotionRefused, match="no previous champion"):
         lifecycle.rollback("oncall", "once more")
-    rollbacks = [e for e in lifecycle.trail.audit_events(lifecycle.model_name)
+    rollbacks = [e for e in lifecycle.trail.events(lifecycle.model_name)
                  if e.action == "rollback"]  # fmt: skip
     assert [(e.actor, e.version, e.evidence["demoted"]) for e in rollbacks] == [
         ("oncall", "2", "3"),
@@ -145,7 +145,7 @@ def test_reviewer_rejection_is_recorded_and_the_champion_stays(lifecycle, mlflow
         lifecycle.promote("2", "someone")
     assert lifecycle.finalize("promotion-flow") == []
     assert aliases(lifecycle)[CHAMPION] == "1"
-    rejection = lifecycle.trail.audit_events(lifecycle.model_name)[-1]
+    rejection = lifecycle.trail.events(lifecycle.model_name)[-1]
     assert (rejection.action, rejection.actor) == ("rejection", "dr-ruiz")
     assert "acral" in rejection.summary
 
@@ -177,7 +177,7 @@ def test_alias_guard_puts_a_hand_set_champion_back(lifecycle, mlflow_server):
     corrected = lifecycle.guard("alias-guard")
     assert corrected is not None
     assert aliases(lifecycle)[CHAMPION] == "1"
-    event = lifecycle.trail.audit_events(lifecycle.model_name)[-1]
+    event = lifecycle.trail.events(lifecycle.model_name)[-1]
     assert event.action == "guard_correction"
     assert event.evidence == {"found": "2", "restored": "1"}
     assert lifecycle.guard("alias-guard") is None  # nothing more to correct

@@ -5,43 +5,27 @@ same locked test set, with the evidence logged to its MLflow run."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipelines.evaluation.report import EvaluationReport
-from tests.integration.test_dataset_pipeline import ROOT, run
-from tests.training_support import LENIENT_GATE, QUICK_EVALUATION, TINY_TRAINING
+from tests.installation_support import copy_installation
+from tests.integration.test_dataset_pipeline import run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """160 registered generated images (25 in the locked test set, 13 of them melanoma)
-    and the whole pipeline run through `dvc repro evaluate`."""
-    folder = tmp_path_factory.mktemp("evaluation-project")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(TINY_TRAINING)
-    params["gate"].update(LENIENT_GATE)
-    params["evaluate"].update(QUICK_EVALUATION)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    shutil.copy(ROOT / "dvc.yaml", folder)
-    for command in (
-        ("cme", "sample-data", "lab", "--n", "160", "--seed", "3",
-         "-S", "sample_data.image_size=64"),
-        ("cme", "labels", "import", "lab/metadata.csv", "--images", "lab/images"),
-        ("dvc", "init", "--no-scm", "--quiet"),
-        ("dvc", "repro", "evaluate"),
-    ):  # fmt: skip
-        done = run(*command, cwd=folder)
-        assert done.returncode == 0, done.stdout + done.stderr
-    return folder
+def project(evaluated_installation: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's evaluated installation: 160 registered generated
+    images (25 in the locked test set, 13 of them melanoma) and the whole pipeline run
+    through `dvc repro evaluate` with tiny training and a lenient gate
+    (tests/installation_support.py)."""
+    return copy_installation(evaluated_installation, tmp_path_factory.mktemp("evaluation-project"))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +50,7 @@ def test_the_first_challenger_is_registered_and_awaits_approval(project, trackin
     assert evaluated["version"] == "1"
     assert evaluated["decision"]["promote"] is True
     assert {r["rule"] for r in evaluated["decision"]["reasons"]} == {
-        "sensitivity_floor", "first_model_roc_auc", "first_model_f1",
+        "sensitivity_floor", "specificity_floor", "first_model_roc_auc", "first_model_f1",
     }  # fmt: skip
     version = tracking.get_model_version_by_alias("melanoma-resnet50", "challenger")
     assert str(version.version) == "1"
@@ -80,6 +64,9 @@ def test_the_first_challenger_is_registered_and_awaits_approval(project, trackin
     assert (report.test_images, report.test_melanoma) == (25, 13)
     run_ = tracking.get_run(trained["run_id"])
     assert run_.data.metrics["test_roc_auc"] == pytest.approx(report.challenger.metrics.roc_auc)
+    assert run_.data.metrics["test_partial_roc_auc"] == pytest.approx(
+        report.challenger.metrics.partial_roc_auc
+    )
     assert run_.data.tags["gate_decision"] == "promote"
     files = {a.path for a in tracking.list_artifacts(trained["run_id"], "evaluation")}
     assert {f"evaluation/{name}" for name in (
@@ -103,7 +90,7 @@ def test_a_second_run_is_judged_against_the_approved_champion(project, tracking)
     second = json.loads((project / "second.json").read_text())
     assert second["version"] == "2"
     assert {r["rule"] for r in second["decision"]["reasons"]} == {
-        "sensitivity_floor", "roc_auc", "f1", "subgroups",
+        "sensitivity_floor", "specificity_floor", "roc_auc", "f1", "subgroups",
     }  # fmt: skip
 
     report = report_of(tracking, second["run_id"])

@@ -176,15 +176,15 @@ def test_dropping_the_same_export_again_changes_nothing(app, params, generated_s
 
 
 def test_unreachable_registry_leaves_the_export_in_place(app, params, generated_set, monkeypatch):
-    from registry.labels import RegistryUnavailable
+    from registry.database import StoreUnavailable
 
     drop(generated_set, app, "lab")
 
     def unreachable(*args: object, **kwargs: object) -> None:
-        raise RegistryUnavailable("label database unreachable")
+        raise StoreUnavailable("label database unreachable")
 
     monkeypatch.setattr(type(app.label_registry()), "import_metadata", unreachable)
-    with pytest.raises(RegistryUnavailable):
+    with pytest.raises(StoreUnavailable):
         run(app, params)
     assert (app.settings.inbox_dir / "lab" / "metadata.csv").is_file()
     assert not (app.settings.inbox_dir / "lab" / "summary.json").exists()

@@ -15,15 +15,22 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from registry.labels import IntakeRules, LabelRegistry, LabelRegistryError, LabelRepository
-from registry.labels.domain import PredictionRecord
-from registry.labels.repository import _WRITE_LOCK
+from pipelines.errors import BadInput
+from registry.labels import LabelRegistry
+from registry.labels.repository import LABEL_WRITE_LOCK
+from registry.prediction_log import PredictionLogRepository, PredictionRecord
 from tests.conftest import read_rows
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 UNKNOWN_IMAGE = "0" * 64
+
+
+@pytest.fixture
+def log(registry: LabelRegistry) -> PredictionLogRepository:
+    """The prediction log, over the label registry's own database."""
+    return PredictionLogRepository(registry.repository.database)
 
 
 @pytest.fixture
@@ -56,7 +63,7 @@ def import_export(registry: LabelRegistry, export: Path) -> None:
     registry.import_metadata(export / "metadata.csv", export / "images", steward="ana")
 
 
-def test_logged_predictions_come_back_as_recorded(registry, model_name):
+def test_logged_predictions_come_back_as_recorded(log, registry, model_name):
     records = [
         predicted(model_name, "a" * 64, T0),
         predicted(
@@ -72,26 +79,26 @@ def test_logged_predictions_come_back_as_recorded(registry, model_name):
     ]
     other_model = predicted(f"{model_name}-other", "c" * 64, T0)
 
-    assert registry.record_predictions([*records, other_model]) == 3
-    assert registry.record_predictions([]) == 0
+    assert log.record_predictions([*records, other_model]) == 3
+    assert log.record_predictions([]) == 0
 
-    logged = registry.predictions(model_name)
+    logged = log.predictions(model_name)
     assert [replace(p, prediction_id=None) for p in logged] == records
     assert all(p.predicted_at.tzinfo is UTC for p in logged)
     assert logged[1].model_version is None and logged[1].image_name is None
     assert logged[0].prediction_id is not None and logged[1].prediction_id is not None
-    assert registry.predictions(model_name, since=T0 + timedelta(minutes=1)) == logged[1:]
+    assert log.predictions(model_name, since=T0 + timedelta(minutes=1)) == logged[1:]
 
 
 def test_a_label_registered_later_is_matched_with_the_current_diagnosis(
-    registry, lab_export, model_name
+    log, registry, lab_export, model_name
 ):
     rows = read_rows(lab_export / "metadata.csv")
     single = next(r for r in rows if sum(x["lesion_id"] == r["lesion_id"] for x in rows) == 1)
     sha256 = image_sha256(lab_export, single["image_id"])
     made = predicted(model_name, sha256, T0)
-    registry.record_predictions([made, predicted(model_name, UNKNOWN_IMAGE, T0)])
-    assert registry.matched_predictions(model_name) == []  # no label yet
+    log.record_predictions([made, predicted(model_name, UNKNOWN_IMAGE, T0)])
+    assert log.matched_predictions(model_name) == []  # no label yet
 
     before = datetime.now(UTC)
     import_export(registry, lab_export)
@@ -101,7 +108,7 @@ def test_a_label_registered_later_is_matched_with_the_current_diagnosis(
         single["image_id"], dx=new_dx, dx_type="histo", reason="second pathologist", steward="cy"
     )
 
-    [match] = registry.matched_predictions(model_name)  # the unknown image stays unmatched
+    [match] = log.matched_predictions(model_name)  # the unknown image stays unmatched
     assert replace(match.prediction, prediction_id=None) == made
     assert (match.image_id, match.lesion_id) == (single["image_id"], single["lesion_id"])
     assert (match.dx, match.dx_type) == (new_dx, "histo")
@@ -109,10 +116,10 @@ def test_a_label_registered_later_is_matched_with_the_current_diagnosis(
     assert match.confirmed_at == registry.history(single["image_id"])[-1].confirmed_at
 
 
-def test_matching_keeps_only_the_label_sources_asked_for(registry, lab_export, model_name):
+def test_matching_keeps_only_the_label_sources_asked_for(log, registry, lab_export, model_name):
     import_export(registry, lab_export)
     rows = read_rows(lab_export / "metadata.csv")
-    registry.record_predictions(
+    log.record_predictions(
         [predicted(model_name, image_sha256(lab_export, r["image_id"]), T0) for r in rows]
     )
     histo = [r for r in rows if r["dx_type"] == "histo"]
@@ -121,41 +128,41 @@ def test_matching_keeps_only_the_label_sources_asked_for(registry, lab_export, m
         single["image_id"], dx=single["dx"], dx_type="consensus", reason="board", steward="cy"
     )
 
-    matched = registry.matched_predictions(model_name, sources=["histo"])
+    matched = log.matched_predictions(model_name, sources=["histo"])
 
     assert {m.image_id for m in matched} == {r["image_id"] for r in histo} - {single["image_id"]}
     assert {m.dx_type for m in matched} == {"histo"}
-    assert len(registry.matched_predictions(model_name)) == len(rows)
+    assert len(log.matched_predictions(model_name)) == len(rows)
 
 
 def test_a_biopsy_after_the_prediction_arrives_then_even_if_the_image_came_earlier(
-    registry, lab_export, model_name
+    log, registry, lab_export, model_name
 ):
     rows = read_rows(lab_export / "metadata.csv")
     consensus = next(r for r in rows if r["dx_type"] == "consensus")
     import_export(registry, lab_export)  # the image and its consensus label, first
     predicted_at = datetime.now(UTC)
     sha256 = image_sha256(lab_export, consensus["image_id"])
-    registry.record_predictions([predicted(model_name, sha256, predicted_at)])
+    log.record_predictions([predicted(model_name, sha256, predicted_at)])
     before = datetime.now(UTC)
     registry.relabel(consensus["image_id"], dx=consensus["dx"], dx_type="histo",
                      reason="excision histopathology", steward="cy")  # fmt: skip
     after = datetime.now(UTC)
 
-    [match] = registry.matched_predictions(model_name, sources=["histo"])
+    [match] = log.matched_predictions(model_name, sources=["histo"])
     assert predicted_at < before <= match.label_arrived_at <= after
-    [any_source] = registry.matched_predictions(model_name)
+    [any_source] = log.matched_predictions(model_name)
     assert any_source.label_arrived_at < predicted_at  # the consensus label was there before
 
 
 def test_matching_since_a_moment_keeps_the_later_predictions_oldest_first(
-    registry, lab_export, model_name
+    log, registry, lab_export, model_name
 ):
     import_export(registry, lab_export)
     first, second, third = (
         image_sha256(lab_export, r["image_id"]) for r in read_rows(lab_export / "metadata.csv")[:3]
     )
-    registry.record_predictions(
+    log.record_predictions(
         [
             predicted(model_name, third, T0 + timedelta(days=2)),
             predicted(model_name, first, T0),
@@ -163,13 +170,13 @@ def test_matching_since_a_moment_keeps_the_later_predictions_oldest_first(
         ]
     )
 
-    matched = registry.matched_predictions(model_name, since=T0 + timedelta(days=1))
+    matched = log.matched_predictions(model_name, since=T0 + timedelta(days=1))
 
     assert [m.prediction.image_sha256 for m in matched] == [second, third]
 
 
-def test_the_prediction_log_cannot_be_updated_or_deleted(registry, database_url, model_name):
-    registry.record_predictions([predicted(model_name, "a" * 64, T0)])
+def test_the_prediction_log_cannot_be_updated_or_deleted(log, registry, database_url, model_name):
+    log.record_predictions([predicted(model_name, "a" * 64, T0)])
     engine = create_engine(database_url)
     try:
         for statement in ("UPDATE predictions SET melanoma = false", "DELETE FROM predictions"):
@@ -177,29 +184,24 @@ def test_the_prediction_log_cannot_be_updated_or_deleted(registry, database_url,
                 connection.execute(text(statement))
     finally:
         engine.dispose()
-    assert len(registry.predictions(model_name)) == 1
+    assert len(log.predictions(model_name)) == 1
 
 
-def test_recording_predictions_does_not_wait_for_a_label_import(
-    postgres_database, image_store, model_name
-):
+def test_recording_predictions_does_not_wait_for_a_label_import(postgres_database, model_name):
     """PostgreSQL only: there, label writes are serialized by an advisory lock."""
-    repository = LabelRepository.open(postgres_database, migrate=True)
-    registry = LabelRegistry(repository, image_store, IntakeRules())
+    log = PredictionLogRepository.open(postgres_database, migrate=True)
     engine = create_engine(postgres_database)
     importing = engine.connect()  # holds the label write lock, as an import does
     try:
         importing.begin()
-        importing.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK})
+        importing.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LABEL_WRITE_LOCK})
         with engine.connect() as probe:
             taken = probe.execute(
-                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK}
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": LABEL_WRITE_LOCK}
             )
             assert taken.scalar_one() is False
         with ThreadPoolExecutor(max_workers=1) as pool:
-            logging = pool.submit(
-                registry.record_predictions, [predicted(model_name, "a" * 64, T0)]
-            )
+            logging = pool.submit(log.record_predictions, [predicted(model_name, "a" * 64, T0)])
             try:
                 assert logging.result(timeout=5) == 1
             finally:
@@ -207,21 +209,19 @@ def test_recording_predictions_does_not_wait_for_a_label_import(
     finally:
         importing.close()
         engine.dispose()
-        repository.close()
+        log.close()
 
 
-def test_a_naive_or_malformed_prediction_is_refused_whole(registry, model_name):
+def test_a_naive_or_malformed_prediction_is_refused_whole(log, registry, model_name):
     fine = predicted(model_name, "a" * 64, T0)
 
-    with pytest.raises(LabelRegistryError, match="naive datetime"):
-        registry.record_predictions(
-            [fine, predicted(model_name, "b" * 64, T0.replace(tzinfo=None))]
-        )
-    with pytest.raises(LabelRegistryError, match="64 lowercase hex"):
-        registry.record_predictions([fine, predicted(model_name, "A" * 64, T0)])
-    with pytest.raises(LabelRegistryError, match="probability"):
-        registry.record_predictions([fine, predicted(model_name, "b" * 64, T0, probability=1.5)])
-    with pytest.raises(LabelRegistryError, match="naive datetime"):
-        registry.matched_predictions(model_name, since=T0.replace(tzinfo=None))
+    with pytest.raises(BadInput, match="naive datetime"):
+        log.record_predictions([fine, predicted(model_name, "b" * 64, T0.replace(tzinfo=None))])
+    with pytest.raises(BadInput, match="64 lowercase hex"):
+        log.record_predictions([fine, predicted(model_name, "A" * 64, T0)])
+    with pytest.raises(BadInput, match="probability"):
+        log.record_predictions([fine, predicted(model_name, "b" * 64, T0, probability=1.5)])
+    with pytest.raises(BadInput, match="naive datetime"):
+        log.matched_predictions(model_name, since=T0.replace(tzinfo=None))
 
-    assert registry.predictions(model_name) == []
+    assert log.predictions(model_name) == []

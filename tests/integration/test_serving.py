@@ -41,7 +41,7 @@ from cme.settings import Settings
 from pipelines.training.config import TrainConfig
 from pipelines.training.model import build_classifier
 from pipelines.training.tracking import log_classifier
-from registry.labels import LabelRepository
+from registry.audit_trail import AuditTrailRepository
 from registry.models import CHALLENGER, CHAMPION, ModelRegistry
 from registry.promotion import ChampionLifecycle, GateRecord
 from tests.mlflow_server import MlflowServer
@@ -84,7 +84,7 @@ def clinic(
     above = first[first >= LOGGED_THRESHOLD]
     thresholds = {"1": float(above[-1] + 1e-4) if len(above) else float(first[0] - 1e-4),
                   "2": 0.999}  # fmt: skip
-    trail = LabelRepository.open(f"sqlite:///{home / 'labels.db'}", migrate=True)
+    trail = AuditTrailRepository.open(f"sqlite:///{home / 'labels.db'}", migrate=True)
     lifecycle = ChampionLifecycle(ModelRegistry.at(mlflow_server.url, name), trail)
     for (model_uri, run_id), (version, threshold) in zip(logged, thresholds.items(), strict=True):
         record = GateRecord(model_uri, run_id, promote=True, needs_approval=True,
@@ -276,7 +276,7 @@ def test_the_served_champion_answers_refuses_bad_input_and_follows_the_alias(cli
     # Every answered image is in the prediction log, with the version that answered it.
     app = bootstrap(Settings(home=clinic.home))
     labels = app.label_registry()
-    logged = labels.predictions(clinic.model_name)
+    logged = app.prediction_log().predictions(clinic.model_name)
     assert len(logged) == 3 * 3 + 1 + 2 * len(answered) + len(contents)  # 3 formats of 3
     assert {record.model_version for record in logged} == {"1", "2"}
     assert all(record.source == "serve" for record in logged)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 
 import keras
@@ -15,53 +14,25 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import pipelines.training.model  # noqa: F401 (registers the layer the .keras file names)
 from pipelines.dataset.tfdata import evaluation_batches, labelled_files
 from pipelines.training.pyfunc import OUTPUT_COLUMNS, InvalidImage
-from tests.integration.test_dataset_pipeline import ROOT, run
-from tests.training_support import TINY_TRAINING
+from tests.installation_support import copy_installation
+from tests.integration.test_dataset_pipeline import run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git-tracked project folder whose params.yaml asks for a tiny run served with
-    dihedral test-time augmentation, with 100 registered generated images, after
-    `dvc repro train`."""
-    folder = tmp_path_factory.mktemp("training-project")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(TINY_TRAINING, test_time_augmentation="dihedral")
-    params["validation"]["min_split_lesions"] = 1  # 100 images: one melanoma lesion in val
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    shutil.copy(ROOT / "dvc.yaml", folder)
-    for command in (
-        ("git", "init", "-q"), ("git", "add", "params.yaml", "dvc.yaml"),
-        ("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"),
-    ):  # fmt: skip
-        assert _shell(command, folder) == 0
-    for command in (
-        ("cme", "sample-data", "lab", "--n", "100", "--seed", "8",
-         "-S", "sample_data.image_size=64"),
-        ("cme", "labels", "import", "lab/metadata.csv", "--images", "lab/images"),
-        ("dvc", "init", "--no-scm", "--quiet"),
-    ):  # fmt: skip
-        done = run(*command, cwd=folder)
-        assert done.returncode == 0, done.stdout + done.stderr
-    trained = run("dvc", "repro", "train", cwd=folder)
-    assert trained.returncode == 0, trained.stdout + trained.stderr
-    assert "epoch   2 fine-tune" in trained.stdout
-    return folder
-
-
-def _shell(command: tuple[str, ...], cwd: Path) -> int:
-    import subprocess
-
-    return subprocess.run(command, cwd=cwd, capture_output=True, check=False).returncode
+def project(evaluated_installation: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's evaluated installation: a git-tracked project
+    folder whose params.yaml asks for a tiny run served with dihedral test-time augmentation,
+    with 160 registered generated images, after `dvc repro evaluate` (so after `dvc repro
+    train`, whose per-epoch lines its build checked): tests/installation_support.py."""
+    return copy_installation(evaluated_installation, tmp_path_factory.mktemp("training-project"))
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,18 @@ training leaving the registries as they were, and one retrain at a time."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from cme.bootstrap import App, bootstrap
-from registry.labels import exclusive
+from registry.run_leases import exclusive
 from usecases.retrain_steps import RETRAIN_LEASE, RetrainSummary
 from usecases.sample_data import SampleSpec, write_sample_data
 
@@ -69,12 +71,33 @@ def training_runs(app: App) -> list[Any]:
     return client.search_runs([experiment.experiment_id])
 
 
+def two_triggers_at_once_run_one_retrain() -> RetrainSummary:
+    """Two triggers of the weekly retrain at once, on a first week's labels: one trains and
+    registers version 1, the other is skipped. Returns the summary of the one that trained."""
+    states: list[Any] = []
+    triggers = [threading.Thread(target=lambda: states.append(retrain())) for _ in range(2)]
+    for trigger in triggers:
+        trigger.start()
+    for trigger in triggers:
+        trigger.join(timeout=600)
+    summaries = sorted((finished(state) for state in states), key=lambda s: s.status)
+    assert [s.status for s in summaries] == ["awaiting approval", "skipped"]
+    assert summaries[1].message.startswith(
+        ("another retrain is running", "the labels have not changed")
+    )
+    with opened() as app:
+        assert len(training_runs(app)) == 1
+        assert [v.version for v in app.champions().models.versions()] == ["1"]
+    return summaries[0]
+
+
 def test_a_season_of_weekly_retrains(platform: Path) -> None:
     from flows.promotion import promotion
 
-    # Week 1: the first challenger passes the first-model floors and awaits a reviewer.
+    # Week 1: two triggers at once run one retrain (the other is skipped); the first
+    # challenger passes the first-model floors and awaits a reviewer.
     register_week(platform, seed=3, images=160)
-    first = finished(retrain())
+    first = two_triggers_at_once_run_one_retrain()
     assert first.status == "awaiting approval", first.lines()
     assert (first.version, first.champion) == ("1", None)
     assert any(reason.split()[:2] == ["pass", "first_model_roc_auc:"] for reason in first.reasons)
@@ -86,6 +109,8 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
         client.set_model_version_tag(app.settings.model_name, "1", "reviewer", "dr-lind")
     promoted = promotion(actor="promotion-flow")
     assert any("version 1 is now the champion" in line for line in promoted), promoted
+    assert (first.initialized_from, first.init_reason) == ("base:none", "no champion yet")
+    assert_the_next_challenger_starts_from_champion_1()
 
     # Week 2: new confirmed labels; the challenger is judged against champion 1 on the
     # same locked test set, and waits for approval or is rejected, by the gate.
@@ -94,13 +119,17 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
     assert second.version == "2" and second.status in ("awaiting approval", "rejected")
     assert {line.split()[1].rstrip(":") for line in second.reasons} >= {"roc_auc", "f1"}
     assert "delta_roc_auc" in second.metrics
+    assert second.initialized_from == "melanoma-resnet50 version 1", second.lines()
+    assert any("started from melanoma-resnet50 version 1" in line for line in second.lines())
     with opened() as app:
         champions = app.champions()
         assert champions.expected_champion() == "1"
-        decision = champions.trail.audit_events(app.settings.model_name)[-1]
+        decision = champions.trail.events(app.settings.model_name)[-1]
         assert (decision.action, decision.version) == ("decision", "2")
         assert decision.evidence["champion_at_decision"] == "1"
         assert decision.evidence["flow_run_id"]  # lineage back to the Prefect run
+        assert decision.evidence["lineage"]["initialized_from"] == "melanoma-resnet50 version 1"
+        assert champions.models.version("2").tags["warm_generation"] == "1"
         snapshots = len(app.label_registry().snapshots())
 
     # Week 3: nothing new arrived: skipped, recorded as such, nothing trained.
@@ -110,7 +139,7 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
     with opened() as app:
         assert len(app.label_registry().snapshots()) == snapshots
         runs = len(training_runs(app))
-        audit = app.label_registry().repository.audit_events(app.settings.model_name)
+        audit = app.audit_trail().events(app.settings.model_name)
 
     # Week 4: the new images were damaged in the store after registration: training crashes
     # on them, and neither registry changes (no version, same champion, no audit event).
@@ -130,10 +159,43 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
         assert [v.version for v in champions.models.versions()] == ["2", "1"]
         assert champions.expected_champion() == "1"
         assert champions.models.aliased("champion").version == "1"
-        assert champions.trail.audit_events(app.settings.model_name) == audit
+        assert champions.trail.events(app.settings.model_name) == audit
         statuses = [run.info.status for run in training_runs(app)]
         assert len(statuses) == runs + 1 and statuses.count("FAILED") == 1
-        assert app.label_registry().repository.lease(RETRAIN_LEASE) is None  # released
+        assert app.run_leases().current(RETRAIN_LEASE) is None  # released
+
+
+def assert_the_next_challenger_starts_from_champion_1() -> None:
+    """Continued education: exactly champion 1's weights (through its alias), or the base
+    weights with the reason when the run asks for them, one is due, or they cannot fit."""
+    import keras
+
+    from usecases.challenger_training import initialization
+
+    with opened() as app:
+        params = app.params()
+        config = params.train.config()
+        snapshot = app.label_registry().snapshots()[-1].snapshot_id
+        start = initialization(app, params, config, snapshot)
+        assert start.initialized_from == "melanoma-resnet50 version 1"
+        assert start.warm_generation == 1 and start.warm_start is not None
+        logged = Path(mlflow.artifacts.download_artifacts("models:/melanoma-resnet50/1"))
+        champion = keras.saving.load_model(logged / "artifacts" / "classifier.keras")
+        for ours, theirs in zip(
+            start.warm_start.classifier.get_weights(), champion.get_weights(), strict=True
+        ):
+            assert np.array_equal(ours, theirs)
+        wider = initialization(app, params, replace(config, image_size=48), snapshot)
+        assert (wider.initialized_from, wider.reason) == (
+            "base:none",
+            "cannot start from version 1: the champion reads 32 px images, this run 48 px",
+        )
+        restart = initialization(app, params, replace(config, init="base"), snapshot)
+        assert (restart.initialized_from, restart.reason) == ("base:none", "train.init=base")
+        due = app.params(["retrain.full_every=1"])
+        assert initialization(app, due, config, snapshot).reason == (
+            "full retrain, due every 1 weeks: the champion was warm-started 0 weeks in a row"
+        )
 
 
 def test_too_few_new_labels_skip_the_week(platform: Path) -> None:
@@ -161,28 +223,9 @@ def test_failed_validation_stops_before_training_and_keeps_the_report(platform: 
 
 def test_a_retrain_already_running_elsewhere_means_this_one_is_skipped(platform: Path) -> None:
     register_week(platform, seed=3, images=60)
-    with opened() as app:
-        repository = app.label_registry().repository
-        with exclusive(repository, RETRAIN_LEASE, "flow run 42 on gpu-7", timedelta(minutes=5)):
-            state = retrain()
+    holder, ttl = "flow run 42 on gpu-7", timedelta(minutes=5)
+    with opened() as app, exclusive(app.run_leases(), RETRAIN_LEASE, holder, ttl):
+        state = retrain()
     assert state.name == "Skipped"
     assert finished(state).message.startswith("another retrain is running")
     assert "flow run 42 on gpu-7" in state.message
-
-
-def test_two_triggers_at_once_run_one_retrain(platform: Path) -> None:
-    register_week(platform, seed=3, images=160)
-    states: list[Any] = []
-    triggers = [threading.Thread(target=lambda: states.append(retrain())) for _ in range(2)]
-    for trigger in triggers:
-        trigger.start()
-    for trigger in triggers:
-        trigger.join(timeout=600)
-    summaries = sorted((finished(state) for state in states), key=lambda s: s.status)
-    assert [s.status for s in summaries] == ["awaiting approval", "skipped"]
-    assert summaries[1].message.startswith(
-        ("another retrain is running", "the labels have not changed")
-    )
-    with opened() as app:
-        assert len(training_runs(app)) == 1
-        assert [v.version for v in app.champions().models.versions()] == ["1"]

@@ -37,11 +37,8 @@ from pipelines.evaluation.metrics import (
     binary_metrics,
     threshold_for_sensitivity,
 )
-from pipelines.evaluation.report import (
-    EvaluationReport,
-    summary_html,
-    summary_markdown,
-)
+from pipelines.evaluation.rendering import summary_html, summary_markdown
+from pipelines.evaluation.report import EvaluationReport
 from pipelines.evaluation.stats import delong_test, paired_bootstrap_f1
 from pipelines.evaluation.subgroups import AgeBands, SubgroupRow, subgroup_table
 

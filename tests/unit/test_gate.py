@@ -9,20 +9,24 @@ from scipy import stats
 
 from pipelines.evaluation.metrics import BinaryMetrics, ConfusionMatrix
 from pipelines.evaluation.report import ChampionComparison, ModelEvaluation
-from pipelines.evaluation.stats import AucComparison, F1Comparison
+from pipelines.evaluation.stats import AucComparison, F1Comparison, PartialAucComparison
 from pipelines.evaluation.subgroups import SubgroupRow
 from pipelines.gate import Decision, GatePolicy, MetricRule, Mode, decide
 
 
 def metrics(
-    sensitivity: float = 0.85, f1: float = 0.6, roc_auc: float | None = 0.88
+    sensitivity: float = 0.85,
+    f1: float = 0.6,
+    roc_auc: float | None = 0.88,
+    specificity: float = 0.9,
 ) -> BinaryMetrics:
-    melanoma = 100
-    found = round(sensitivity * melanoma)
+    melanoma, other = 100, 900
+    found, cleared = round(sensitivity * melanoma), round(specificity * other)
     return BinaryMetrics(
         threshold=0.5, images=1000, melanoma=melanoma, accuracy=0.9, precision=0.5,
-        sensitivity=sensitivity, specificity=0.9, f1=f1, roc_auc=roc_auc, brier=0.1,
-        confusion=ConfusionMatrix(810, 90, melanoma - found, found),
+        sensitivity=sensitivity, specificity=specificity, f1=f1, roc_auc=roc_auc, brier=0.1,
+        confusion=ConfusionMatrix(cleared, other - cleared, melanoma - found, found),
+        partial_roc_auc=0.1,
     )  # fmt: skip
 
 
@@ -59,6 +63,15 @@ def f1(difference: float, lower_bound: float, alpha: float = 0.05) -> F1Comparis
     )  # fmt: skip
 
 
+def partial(difference: float, lower_bound: float, alpha: float = 0.05) -> PartialAucComparison:
+    return PartialAucComparison(
+        challenger_partial_auc=0.1 + difference, champion_partial_auc=0.1,
+        difference=difference, ci_low=lower_bound - 0.002, ci_high=difference + 0.01,
+        confidence=0.95, alpha=alpha, lower_bound=lower_bound, p_not_better=0.2,
+        iterations=2000, resampled="lesion",
+    )  # fmt: skip
+
+
 def versus(
     auc_difference: float = 0.04,
     f1_difference: float = 0.03,
@@ -66,7 +79,9 @@ def versus(
     champion_groups: tuple[SubgroupRow, ...] = (),
 ) -> ChampionComparison:
     champion = evaluation("champion", champion_groups)
-    return ChampionComparison(champion, auc(auc_difference), f1(f1_difference, f1_lower))
+    return ChampionComparison(
+        champion, auc(auc_difference), f1(f1_difference, f1_lower), partial(0.01, 0.002)
+    )
 
 
 def reason(decision: Decision, rule: str) -> bool:
@@ -78,7 +93,9 @@ def test_a_clearly_better_challenger_is_promoted_pending_approval():
     decision = decide(evaluation("challenger"), versus(), GatePolicy())
     assert decision.promote
     assert decision.needs_approval
-    assert {r.rule for r in decision.reasons} == {"sensitivity_floor", "roc_auc", "f1", "subgroups"}
+    assert [r.rule for r in decision.reasons] == [
+        "sensitivity_floor", "specificity_floor", "roc_auc", "f1", "subgroups",
+    ]  # fmt: skip
     assert all(r.passed and r.detail for r in decision.reasons)
 
 
@@ -186,7 +203,9 @@ def test_first_model_needs_only_the_absolute_floors(roc_auc, f1_value, promoted)
     decision = decide(challenger, None, GatePolicy())
     assert decision.promote is promoted
     rules = {r.rule for r in decision.reasons}
-    assert rules == {"sensitivity_floor", "first_model_roc_auc", "first_model_f1"}
+    assert rules == {
+        "sensitivity_floor", "specificity_floor", "first_model_roc_auc", "first_model_f1",
+    }  # fmt: skip
 
 
 def test_decision_round_trips_through_json_ready_dicts():
@@ -198,3 +217,98 @@ def test_decision_round_trips_through_json_ready_dicts():
 def test_policy_refuses_nonsense():
     with pytest.raises(ValueError, match="alpha"):
         GatePolicy(alpha=0.7)
+
+
+# --------------------------------------------------------------------------------------
+# The specificity floor
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("specificity", "floor", "passed"),
+    [
+        (0.5, 0.5, True),  # 450 of 900 cleared: exactly at the floor passes
+        (0.5, 0.501, False),  # a floor just above fails
+        (0.5, 0.499, True),  # a floor just below passes
+        (449 / 900, 0.5, False),  # one false alarm more
+    ],
+)
+def test_specificity_floor_against_hand_computed_values(specificity, floor, passed):
+    challenger = evaluation("challenger", specificity=specificity)
+    policy = GatePolicy(specificity_floor=floor)
+    for champion in (versus(), None):  # every decision, the first model's too
+        decision = decide(challenger, champion, policy)
+        assert reason(decision, "specificity_floor") is passed
+        assert decision.promote is passed
+
+
+def test_a_challenger_that_calls_every_lesion_melanoma_is_rejected():
+    """Sensitivity 1.000 at threshold 0.011 and specificity 0.000: it finds every melanoma
+    and refers every patient, which the sensitivity floor alone let through."""
+    referrer = replace(
+        metrics(sensitivity=1.0, specificity=0.0), threshold=0.011, accuracy=0.1, precision=0.1
+    )
+    challenger = ModelEvaluation("challenger", "models:/challenger", None, referrer, ())
+    for champion in (versus(), None):
+        decision = decide(challenger, champion, GatePolicy())
+        assert not decision.promote
+        assert reason(decision, "sensitivity_floor")
+        assert [r.rule for r in decision.failed] == ["specificity_floor"]
+        assert decision.failed[0].detail == (
+            "specificity 0.000 at threshold 0.011 (floor 0.500; 0 of 900 non-melanoma called "
+            "not melanoma)"
+        )
+
+
+def test_specificity_reason_reads_like_the_sensitivity_one():
+    decision = decide(evaluation("challenger", specificity=0.75), versus(), GatePolicy())
+    (line,) = [line for line in decision.lines() if "specificity_floor" in line]
+    assert line == (
+        "pass  specificity_floor: specificity 0.750 at threshold 0.5 (floor 0.500; "
+        "675 of 900 non-melanoma called not melanoma)"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The partial ROC AUC as a gate metric
+# --------------------------------------------------------------------------------------
+
+
+def test_partial_roc_auc_is_reported_not_judged_by_default():
+    comparison = replace(versus(), partial_auc=partial(-0.05, -0.06))
+    decision = decide(evaluation("challenger"), comparison, GatePolicy())
+    assert GatePolicy().partial_roc_auc is None
+    assert "partial_roc_auc" not in {r.rule for r in decision.reasons}
+
+
+@pytest.mark.parametrize(
+    ("mode", "difference", "lower", "promoted"),
+    [
+        (Mode.point, 0.001, -0.05, True),
+        (Mode.point, 0.0, 0.0, False),  # a tie is not a win
+        (Mode.non_inferiority, 0.002, -0.004, True),  # margin 0.005
+        (Mode.non_inferiority, 0.002, -0.006, False),
+        (Mode.non_inferiority, -0.001, 0.0, False),  # must still be higher
+        (Mode.superiority, 0.01, 0.006, True),  # margin 0.005
+        (Mode.superiority, 0.01, 0.004, False),
+    ],
+)
+def test_partial_roc_auc_modes(mode, difference, lower, promoted):
+    policy = GatePolicy(partial_roc_auc=MetricRule(mode, 0.005 if mode is not Mode.point else 0))
+    comparison = replace(versus(), partial_auc=partial(difference, lower))
+    decision = decide(evaluation("challenger"), comparison, policy)
+    assert reason(decision, "partial_roc_auc") is promoted
+    assert decision.promote is promoted
+    assert [r.rule for r in decision.reasons][-2:] == ["partial_roc_auc", "subgroups"]
+
+
+def test_partial_roc_auc_rule_without_the_comparison_or_at_another_alpha_fails():
+    policy = GatePolicy(partial_roc_auc=MetricRule(Mode.point))
+    old_report = replace(versus(), partial_auc=None)
+    decision = decide(evaluation("challenger"), old_report, policy)
+    assert not reason(decision, "partial_roc_auc")
+    assert "evaluate again" in decision.failed[0].detail
+    other_alpha = replace(versus(), partial_auc=partial(0.01, 0.002, alpha=0.2))
+    decision = decide(evaluation("challenger"), other_alpha, policy)
+    assert not reason(decision, "partial_roc_auc")
+    assert "alpha 0.2" in decision.failed[0].detail

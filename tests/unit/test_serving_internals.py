@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from registry.labels import RegistryUnavailable
-from registry.labels.domain import PredictionRecord
+from registry.database import StoreUnavailable
 from registry.models import ModelVersion
+from registry.prediction_log import PredictionRecord
 from usecases.serving import ChampionFollower, NoModelToServe, PredictionLog, ServedModel
 
 
@@ -106,7 +106,7 @@ def test_a_failed_download_or_registry_keeps_the_version_serving_and_says_why():
 
 @dataclass
 class Database:
-    """The label registry's `record_predictions`, failing when asked to."""
+    """The prediction log's `record_predictions`, failing when asked to."""
 
     failures: list[Exception] = field(default_factory=list)
     rows: list[PredictionRecord] = field(default_factory=list)
@@ -124,7 +124,7 @@ def record(n: int) -> PredictionRecord:
 
 
 def test_the_prediction_log_outlives_database_errors_and_counts_what_it_lost():
-    database = Database(failures=[RegistryUnavailable("down"), RuntimeError("driver bug")])
+    database = Database(failures=[StoreUnavailable("down"), RuntimeError("driver bug")])
     log = PredictionLog(database, flush_seconds=0.01)
     log.add([record(1), record(2)])  # queued before the writer starts: one batch
     log.start()
