@@ -373,7 +373,7 @@ def wilson(hits: int, n: int) -> tuple[float, float]:
 
 def rate_text(hits: int, n: int) -> str:
     low, high = wilson(hits, n)
-    return f"{hits / n:4.0%} [{low:3.0%},{high:4.0%}]"
+    return f"{hits / n:5.1%} [{low:4.1%},{high:5.1%}]"
 
 
 def run_scenario(
@@ -465,9 +465,9 @@ def print_table(design: Design, scenarios: list[Scenario], tallies: list[Tally])
         f"average): share of {n} replications promoted [95% Wilson interval]"
     )
     width = max(len(name) for name in tallies[0].outcomes[0].promoted) + 2
-    print(" " * width + "".join(f"{s.name:>18}" for s in scenarios))
+    print(" " * width + "".join(f"{s.name:>22}" for s in scenarios))
     for name in tallies[0].outcomes[0].promoted:
-        cells = "".join(f"{rate_text(t.hits(name), n):>18}" for t in tallies)
+        cells = "".join(f"{rate_text(t.hits(name), n):>22}" for t in tallies)
         print(f"{name:<{width}}{cells}")
     for label, key in [
         ("ROC AUC difference, mean (sd)", "auc_difference"),
@@ -478,10 +478,10 @@ def print_table(design: Design, scenarios: list[Scenario], tallies: list[Tally])
         for tally in tallies:
             values = [getattr(o, key) for o in tally.outcomes]
             spread = float(np.std(values, ddof=1)) if n > 1 else float("nan")
-            cells += f"{f'{np.mean(values):+.4f} ({spread:.4f})':>18}"
+            cells += f"{f'{np.mean(values):+.4f} ({spread:.4f})':>22}"
         print(f"{label:<{width}}{cells}")
     errors = "".join(
-        f"{np.mean([o.auc_standard_error for o in t.outcomes]):>18.4f}" for t in tallies
+        f"{np.mean([o.auc_standard_error for o in t.outcomes]):>22.4f}" for t in tallies
     )
     print(f"{'DeLong SE by lesion, mean':<{width}}{errors}")
 
@@ -535,10 +535,10 @@ def recommend(
                        name, max(worse_rates), max(worse_highs), equal))  # fmt: skip
     ranked.sort(key=lambda row: (not row[0], -row[1]))
     for keeps, better_rate, name, worse_rate, worse_high, equal in ranked:
-        equal_text = f"equal {np.mean(equal):4.0%}" if equal else ""
+        equal_text = f"equal {np.mean(equal):5.1%}" if equal else ""
         print(
-            f"  {'keeps ' if keeps else 'BREAKS'} {name:<40} better {better_rate:4.0%}  "
-            f"{equal_text}  worse max {worse_rate:4.0%} (Wilson high {worse_high:4.0%})"
+            f"  {'keeps ' if keeps else 'BREAKS'} {name:<40} better {better_rate:5.1%}  "
+            f"{equal_text}  worse max {worse_rate:5.1%} (Wilson high {worse_high:5.1%})"
         )
     kept = [row for row in ranked if row[0]]
     return kept[0][2] if kept else None
@@ -627,9 +627,8 @@ def main() -> None:
             sys.stdout.flush()
     names = list(candidates)
     worst = scenarios[0]
-    chosen = (
-        recommend(scenarios, results, names, args.bound, worst) if worst.difference < 0 else None
-    )
+    judged = worst.difference < 0 and any(s.difference > 0 for s in scenarios)
+    chosen = recommend(scenarios, results, names, args.bound, worst) if judged else None
     print()
     for name in dict.fromkeys(
         [n for n in names if n.endswith("(default)")] + ([chosen] if chosen else [])

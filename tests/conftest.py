@@ -29,6 +29,30 @@ WITH_CONFIRMED_AT = (*METADATA_COLUMNS, "confirmed_at")
 HAM10000 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ham10000"
 
 
+# `make test` hands whole modules to its two workers (--dist loadscope, so that a module's
+# fixtures are built once) in collection order (--no-loadscope-reorder): the slowest modules
+# go first, so that neither worker is left running a long one alone at the end. The first
+# builds the session's evaluated installation (tests/installation_support.py) while the
+# other worker runs the demo; test_evaluation_run.py, its other user, comes once it is built.
+SLOWEST_MODULES_FIRST = (
+    "integration/test_training_run.py",
+    "integration/test_demo.py",
+    "integration/test_weekly_retrain.py",
+    "integration/test_backtest_run.py",
+    "unit/test_classifier.py",
+    "integration/test_evaluation_run.py",
+    "integration/test_serving.py",
+    "integration/test_production_init.py",
+    "integration/test_deployments.py",
+    "integration/test_dataset_pipeline.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {f"tests/{module}": place for place, module in enumerate(SLOWEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 def _postgres_reachable() -> str | None:
     try:
         engine = create_engine(POSTGRES_ADMIN_URL)

@@ -189,8 +189,8 @@ class EvaluateParams(_Section):
 
 
 class GateParams(_Section):
-    roc_auc: Mode = Mode.superiority
-    roc_auc_margin: float = Field(default=0.0, ge=0, lt=1)
+    roc_auc: Mode = Mode.non_inferiority
+    roc_auc_margin: float = Field(default=0.02, ge=0, lt=1)
     f1: Mode = Mode.non_inferiority
     f1_margin: float = Field(default=0.02, ge=0, lt=1)
     alpha: float = Field(default=0.05, gt=0, lt=0.5)

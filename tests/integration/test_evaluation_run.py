@@ -24,8 +24,18 @@ def project(evaluated_installation: Path, tmp_path_factory: pytest.TempPathFacto
     """This module's copy of the session's evaluated installation: 160 registered generated
     images (25 in the locked test set, 13 of them melanoma) and the whole pipeline run
     through `dvc repro evaluate` with tiny training and a lenient gate
-    (tests/installation_support.py)."""
-    return copy_installation(evaluated_installation, tmp_path_factory.mktemp("evaluation-project"))
+    (tests/installation_support.py). Its later runs are served as trained, without the
+    installation's test-time augmentation (test_training_run.py's concern)."""
+    folder = copy_installation(
+        evaluated_installation, tmp_path_factory.mktemp("evaluation-project")
+    )
+    params = folder / "params.yaml"
+    dihedral = params.read_text()
+    assert "test_time_augmentation: dihedral" in dihedral
+    params.write_text(
+        dihedral.replace("test_time_augmentation: dihedral", "test_time_augmentation: none")
+    )
+    return folder
 
 
 @pytest.fixture(scope="module")

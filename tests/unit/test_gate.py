@@ -131,6 +131,34 @@ def test_roc_auc_modes(mode, difference, standard_error, promoted):
     assert decision.promote is promoted
 
 
+def test_the_default_policy_is_the_one_the_simulation_chose():
+    """bench/gate_simulation.py (docs/results.md): both metrics higher, and neither
+    plausibly worse by more than 0.02 at one-sided 95%; the partial ROC AUC reported."""
+    policy = GatePolicy()
+    assert policy.roc_auc == MetricRule(Mode.non_inferiority, 0.02)
+    assert policy.f1 == MetricRule(Mode.non_inferiority, 0.02)
+    assert policy.alpha == 0.05
+    assert policy.partial_roc_auc is None
+    assert (policy.sensitivity_floor, policy.specificity_floor) == (0.80, 0.50)
+
+
+@pytest.mark.parametrize(
+    ("difference", "standard_error", "promoted"),
+    [
+        (0.010, 0.016, True),  # HAM10000's test set: bound 0.010 - 1.645 * 0.016 = -0.0163
+        (0.003, 0.016, False),  # bound -0.0233: plausibly worse by more than 0.02
+        (0.003, 0.010, True),  # the same gain measured more tightly: bound -0.0134
+        (-0.001, 0.0001, False),  # lower is never enough
+    ],
+)
+def test_default_roc_auc_rule_by_hand(difference, standard_error, promoted):
+    comparison = replace(versus(), auc=auc(difference, standard_error))
+    decision = decide(evaluation("challenger"), comparison, GatePolicy())
+    assert reason(decision, "roc_auc") is promoted
+    superiority = GatePolicy(roc_auc=MetricRule(Mode.superiority))  # the earlier default
+    assert not reason(decide(evaluation("challenger"), comparison, superiority), "roc_auc")
+
+
 def test_superiority_margin_raises_the_bar():
     comparison = replace(versus(), auc=auc(0.03, 0.01))  # one-sided bound 0.0136
     assert decide(evaluation("challenger"), comparison, GatePolicy()).promote

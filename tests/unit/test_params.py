@@ -15,6 +15,22 @@ def test_repository_params_file_is_valid_and_matches_the_embedded_defaults():
     assert from_file == load_params(Path("/nonexistent/params.yaml"))
 
 
+def test_gate_params_default_to_the_gate_policy_defaults():
+    """params.yaml, GateParams and GatePolicy agree (the file is checked against GateParams
+    above); `off` reads as off however YAML types it."""
+    from pipelines.gate import GatePolicy, MetricRule, Mode
+
+    assert load_params(REPO_PARAMS).gate.policy() == GatePolicy()
+    for off in ("gate.partial_roc_auc=off", "gate.partial_roc_auc='off'"):
+        assert load_params(REPO_PARAMS, [off]).gate.policy().partial_roc_auc is None
+    judged = load_params(
+        REPO_PARAMS, ["gate.partial_roc_auc=non_inferiority", "gate.partial_roc_auc_margin=0.005"]
+    )
+    assert judged.gate.policy().partial_roc_auc == MetricRule(Mode.non_inferiority, 0.005)
+    with pytest.raises(ParamsError, match=r"gate\.specificity_floor"):
+        load_params(REPO_PARAMS, ["gate.specificity_floor=1.5"])
+
+
 def test_overrides_are_typed_like_dvc_exp_run_set():
     params = load_params(REPO_PARAMS, ["intake.batch_size=64", "sample_data.melanoma_fraction=0.5"])
     assert params.intake.batch_size == 64
