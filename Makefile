@@ -50,10 +50,8 @@ backtest: setup ## Replay ../shared/data/ham10000 weekly: the loop against resta
 	$(UV) run --locked cme backtest-compare loop=$(BACKTEST_OUT)/loop \
 		restart=$(BACKTEST_OUT)/restart --out $(BACKTEST_OUT)
 
-# Whole modules go to each of the two workers (--dist loadscope: a module's fixtures are built
-# once), slowest first in the order tests/conftest.py gives them (--no-loadscope-reorder).
 test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
-	$(UV) run --locked pytest -n 2 --dist loadscope --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
+	$(UV) run --locked pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 test-fast: setup ## Unit tests only (the edit loop, under 3 minutes).
 	$(UV) run --locked pytest -n 2 -m "not slow" tests/unit $(PYTEST_ARGS)

@@ -34,6 +34,10 @@ Targets (issue 25): a challenger truly worse by 0.02 ROC AUC is promoted at most
 time at every test-set size; among the policies that keep that bound, the default is the
 one that promotes truly better challengers (by 0.01 and 0.02) most often. The defaults
 are HAM10000's locked test set (1,600 images, 12% melanoma: about 194) and 2,000 images.
+The bound is also asked of the ROC AUC rule on its own (the "AUC rule" column): in the
+binormal model F1 falls whenever ROC AUC does, so requiring both to be higher stops most
+worse challengers whatever the ROC AUC rule says; real ROC curves can cross at the
+operating point, and a policy whose bound rests on F1 alone is not kept.
 """
 
 from __future__ import annotations
@@ -497,6 +501,29 @@ def print_failures(
         print(f"    {scenario.name:<16} {listed or 'none'}")
 
 
+@dataclass(frozen=True)
+class Ranked:
+    name: str
+    better: float
+    """mean promotion rate over the better scenarios and every size"""
+    equal: float | None
+    worse: float
+    """the highest promotion rate of the worst scenario over the sizes"""
+    worse_high: float
+    """the highest upper end of its 95% Wilson interval"""
+    worse_auc_rule: float
+    """the highest share of the worst scenario's replications that passed the ROC AUC rule"""
+
+
+def _rate(tally: Tally, name: str) -> float:
+    return tally.hits(name) / len(tally.outcomes)
+
+
+def _auc_rule_rate(tally: Tally, name: str) -> float:
+    passed = sum("roc_auc" not in o.failed[name] for o in tally.outcomes)
+    return passed / len(tally.outcomes)
+
+
 def recommend(
     scenarios: list[Scenario],
     results: dict[int, list[Tally]],
@@ -505,43 +532,49 @@ def recommend(
     worst: Scenario,
 ) -> str | None:
     """The policy that promotes truly better challengers most often (their mean rate over
-    sizes and better scenarios) among those promoting the worst one at most `bound` of the
-    time at every size."""
+    sizes and better scenarios) among those that keep the target: the worst challenger
+    promoted at most `bound` of the time at every size, and passing the ROC AUC rule at
+    most `bound` of the time too, so that the target does not rest on F1 falling whenever
+    ROC AUC does (the binormal model builds that in; real curves that cross at the
+    operating point do not)."""
     better = [k for k, s in enumerate(scenarios) if s.difference > 0]
-    worst_index = scenarios.index(worst)
-    print()
-    over = ", ".join(scenarios[k].name for k in better)
-    print(
-        f"ranking: promoted when truly better (mean over {over} and every size); kept when "
-        f"{worst.name} is promoted at most {bound:.0%} at every size"
-    )
-    ranked = []
-    for name in names:
-        worse = [tallies[worst_index] for tallies in results.values()]
-        worse_rates = [t.hits(name) / len(t.outcomes) for t in worse]
-        worse_highs = [wilson(t.hits(name), len(t.outcomes))[1] for t in worse]
-        rates = [
-            tallies[k].hits(name) / len(tallies[k].outcomes)
-            for tallies in results.values()
-            for k in better
-        ]
-        equal = [
-            tallies[k].hits(name) / len(tallies[k].outcomes)
-            for tallies in results.values()
-            for k, s in enumerate(scenarios)
-            if s.difference == 0
-        ]
-        ranked.append((max(worse_rates) <= bound, float(np.mean(rates)) if rates else 0.0,
-                       name, max(worse_rates), max(worse_highs), equal))  # fmt: skip
-    ranked.sort(key=lambda row: (not row[0], -row[1]))
-    for keeps, better_rate, name, worse_rate, worse_high, equal in ranked:
-        equal_text = f"equal {np.mean(equal):5.1%}" if equal else ""
-        print(
-            f"  {'keeps ' if keeps else 'BREAKS'} {name:<40} better {better_rate:5.1%}  "
-            f"{equal_text}  worse max {worse_rate:5.1%} (Wilson high {worse_high:5.1%})"
+    equal = [k for k, s in enumerate(scenarios) if s.difference == 0]
+    at_worst = [tallies[scenarios.index(worst)] for tallies in results.values()]
+    ranked = [
+        Ranked(
+            name=name,
+            better=float(np.mean([_rate(t[k], name) for t in results.values() for k in better])),
+            equal=float(np.mean([_rate(t[k], name) for t in results.values() for k in equal]))
+            if equal
+            else None,
+            worse=max(_rate(t, name) for t in at_worst),
+            worse_high=max(wilson(t.hits(name), len(t.outcomes))[1] for t in at_worst),
+            worse_auc_rule=max(_auc_rule_rate(t, name) for t in at_worst),
         )
-    kept = [row for row in ranked if row[0]]
-    return kept[0][2] if kept else None
+        for name in names
+    ]
+    ranked.sort(key=lambda row: -row.better)
+    print()
+    print(
+        f"ranking: promoted when truly better (mean over "
+        f"{', '.join(scenarios[k].name for k in better)} and every size); {worst.name}: "
+        f"promoted, and passed by the ROC AUC rule, at most {bound:.0%} at every size"
+    )
+    print(
+        f"  {'':6} {'policy':<40} {'better':>7} {'equal':>7} {'worse':>7} {'(high)':>7}  AUC rule"
+    )
+    for row in ranked:
+        keeps = row.worse <= bound and row.worse_auc_rule <= bound
+        equal_text = "" if row.equal is None else f"{row.equal:.1%}"
+        print(
+            f"  {'keeps ' if keeps else 'BREAKS'} {row.name:<40} {row.better:7.1%} "
+            f"{equal_text:>7} {row.worse:7.1%} {row.worse_high:7.1%}  {row.worse_auc_rule:7.1%}"
+        )
+    within_target = [row for row in ranked if row.worse <= bound]
+    if within_target:
+        print(f"  most promotions with the promotion rate alone in bound: {within_target[0].name}")
+    kept = [row for row in ranked if row.worse <= bound and row.worse_auc_rule <= bound]
+    return kept[0].name if kept else None
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,38 @@ SLOWEST_MODULES_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {f"tests/{module}": place for place, module in enumerate(SLOWEST_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+# What MLflow keeps per process, that the composition root (`mlflow.set_tracking_uri`,
+# `set_registry_uri`, `set_experiment`) and tests set: module attributes and the environment
+# variables that hand them to subprocesses.
+MLFLOW_PROCESS_STATE = {
+    "mlflow.tracking._tracking_service.utils": "_tracking_uri",
+    "mlflow.tracking._model_registry.utils": "_registry_uri",
+    "mlflow.tracking.fluent": "_active_experiment_id",
+}
+MLFLOW_PROCESS_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_process_state() -> Iterator[None]:
+    """Each test module leaves MLflow's process-wide tracking URI, registry URI and active
+    experiment as it found them, so that no module depends on the modules that ran before
+    it on its worker (an in-process flow points them at its own installation)."""
+    environment = {name: os.environ.get(name) for name in MLFLOW_PROCESS_ENVIRONMENT}
+    modules = {name: sys.modules.get(name) for name in MLFLOW_PROCESS_STATE}
+    before = {name: getattr(module, MLFLOW_PROCESS_STATE[name], None)
+              for name, module in modules.items()}  # fmt: skip
+    yield
+    for name, attribute in MLFLOW_PROCESS_STATE.items():
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, attribute):
+            setattr(module, attribute, before[name])
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _postgres_reachable() -> str | None:

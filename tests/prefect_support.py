@@ -37,6 +37,9 @@ def write_project(folder: Path, **sections: dict[str, Any]) -> Path:
     params["gate"].update(LENIENT_GATE)
     params["evaluate"].update(QUICK_EVALUATION)
     params["inbox"]["settle_seconds"] = 0
+    # Generated weeks are drawn independently of each other, so the drift report warns on
+    # every one; a full retrain on drift would leave no week warm-started from the champion.
+    params["retrain"]["full_on_drift"] = False
     for name, values in sections.items():
         params[name].update(values)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
