@@ -31,8 +31,9 @@ HAM10000 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ham
 
 
 # `make test` hands whole modules to its two workers (--dist loadscope, so that a module's
-# fixtures are built once) in collection order (--no-loadscope-reorder): the slowest modules
-# go first, so that neither worker is left running a long one alone at the end. The first
+# fixtures are built once) in collection order (--no-loadscope-reorder, which asks for this
+# order): the slowest modules go first, so that neither worker is left running a long one
+# alone at the end (without it, xdist puts the modules with most tests first). The first
 # builds the session's evaluated installation (tests/installation_support.py) while the
 # other worker runs the demo; test_evaluation_run.py, its other user, comes once it is built.
 SLOWEST_MODULES_FIRST = (
@@ -49,7 +50,9 @@ SLOWEST_MODULES_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("loadscopereorder", True):
+        return  # plain -n 2 hands out tests in chunks of consecutive ones: keep them mixed
     rank = {f"tests/{module}": place for place, module in enumerate(SLOWEST_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
