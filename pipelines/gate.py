@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:  # the gate itself needs no NumPy, pandas or scikit-learn
     from pipelines.evaluation.report import ChampionComparison, ModelEvaluation
+    from pipelines.evaluation.stats import BootstrapDifference
     from pipelines.evaluation.subgroups import SubgroupRow
 
 
@@ -84,6 +85,8 @@ class Reason:
     rule: str
     passed: bool
     detail: str
+    # What a failed rule means, in words a reviewer without statistics understands.
+    explanation: str = ""
 
     def line(self) -> str:
         return f"{'pass' if self.passed else 'FAIL'}  {self.rule}: {self.detail}"
@@ -103,9 +106,14 @@ class Decision:
     def failed(self) -> tuple[Reason, ...]:
         return tuple(reason for reason in self.reasons if not reason.passed)
 
+    def explanations(self) -> tuple[str, ...]:
+        """Why the challenger was rejected, one plain sentence per failed rule."""
+        return tuple(reason.explanation for reason in self.failed if reason.explanation)
+
     def lines(self) -> list[str]:
         approval = ", awaiting a reviewer's approval" if self.needs_approval else ""
-        return [f"decision: {self.verdict}{approval}", *(r.line() for r in self.reasons)]
+        plain = [f"in plain words: {sentence}" for sentence in self.explanations()]
+        return [f"decision: {self.verdict}{approval}", *(r.line() for r in self.reasons), *plain]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,25 +143,32 @@ def decide(
 def _sensitivity_floor(challenger: ModelEvaluation, policy: GatePolicy) -> Reason:
     metrics = challenger.metrics
     value = metrics.sensitivity
-    return Reason(
+    return _reason(
         "sensitivity_floor",
         value >= policy.sensitivity_floor,
         f"sensitivity {value:.3f} at threshold {metrics.threshold:g} "
         f"(floor {policy.sensitivity_floor:.3f}; "
         f"{metrics.confusion.true_positives} of {metrics.melanoma} melanoma found)",
+        f"it would miss too many melanomas: it found {metrics.confusion.true_positives} of "
+        f"the {metrics.melanoma} in the test set ({value:.0%}), and the policy asks for at "
+        f"least {policy.sensitivity_floor:.0%}.",
     )
 
 
 def _specificity_floor(challenger: ModelEvaluation, policy: GatePolicy) -> Reason:
     metrics = challenger.metrics
     value = metrics.specificity
-    return Reason(
+    return _reason(
         "specificity_floor",
         value >= policy.specificity_floor,
         f"specificity {value:.3f} at threshold {metrics.threshold:g} "
         f"(floor {policy.specificity_floor:.3f}; "
         f"{metrics.confusion.true_negatives} of {metrics.benign} non-melanoma "
         "called not melanoma)",
+        f"it would send too many harmless lesions to biopsy: it cleared only "
+        f"{metrics.confusion.true_negatives} of the {metrics.benign} non-melanoma lesions in "
+        f"the test set ({value:.0%}), and the policy asks for at least "
+        f"{policy.specificity_floor:.0%}.",
     )
 
 
@@ -162,15 +177,20 @@ def _first_model_floors(challenger: ModelEvaluation, policy: GatePolicy) -> list
     auc = challenger.metrics.roc_auc
     f1 = challenger.metrics.f1
     return [
-        Reason(
+        _reason(
             "first_model_roc_auc",
             auc is not None and auc >= policy.first_model_roc_auc,
             f"no champion yet; ROC AUC {_number(auc)} (floor {policy.first_model_roc_auc:.3f})",
+            f"as the first model it must tell melanoma from other lesions with a ROC AUC of at "
+            f"least {policy.first_model_roc_auc:.2f} (0.5 is a coin toss); it reached "
+            f"{_number(auc)}.",
         ),
-        Reason(
+        _reason(
             "first_model_f1",
             f1 >= policy.first_model_f1,
             f"no champion yet; F1 {f1:.3f} (floor {policy.first_model_f1:.3f})",
+            f"as the first model its balance of melanomas found against false alarms (F1) must "
+            f"reach {policy.first_model_f1:.2f}; it reached {f1:.2f}.",
         ),
     ]
 
@@ -178,31 +198,26 @@ def _first_model_floors(challenger: ModelEvaluation, policy: GatePolicy) -> list
 def _roc_auc_rule(champion: ChampionComparison, policy: GatePolicy) -> Reason:
     comparison = champion.auc
     if comparison is None:
-        return Reason("roc_auc", False, "ROC AUC is undefined on this test set")
+        return Reason(
+            "roc_auc",
+            False,
+            "ROC AUC is undefined on this test set",
+            "the test set holds one class only, so the two models cannot be compared.",
+        )
     lower = comparison.lower_bound(policy.alpha)
     measured = (
         f"ROC AUC {comparison.challenger_auc:.3f} vs champion {comparison.champion_auc:.3f} "
         f"({comparison.difference:+.3f}, one-sided {1 - policy.alpha:.0%} lower bound "
         f"{lower:+.3f}, DeLong p={comparison.p_superiority:.3g})"
     )
-    return _judged("roc_auc", comparison.difference, lower, policy.roc_auc, measured)
+    plain = Compared(ROC_AUC_IN_WORDS, comparison.challenger_auc, comparison.champion_auc)
+    return _judged("roc_auc", plain, comparison.difference, lower, policy.roc_auc, measured)
 
 
 def _f1_rule(champion: ChampionComparison, policy: GatePolicy) -> Reason:
     comparison = champion.f1
-    measured = (
-        f"F1 {comparison.challenger_f1:.3f} vs champion {comparison.champion_f1:.3f} "
-        f"({comparison.difference:+.3f}, one-sided {1 - comparison.alpha:.0%} lower bound "
-        f"{comparison.lower_bound:+.3f}, paired bootstrap over {comparison.resampled}s)"
-    )
-    if abs(comparison.alpha - policy.alpha) > 1e-12:
-        return Reason(
-            "f1",
-            False,
-            f"{measured}; the bound was taken at alpha {comparison.alpha:g} but the policy "
-            f"asks {policy.alpha:g}: evaluate again",
-        )
-    return _judged("f1", comparison.difference, comparison.lower_bound, policy.f1, measured)
+    plain = Compared(F1_IN_WORDS, comparison.challenger_f1, comparison.champion_f1)
+    return _bootstrap_rule("f1", "F1", plain, comparison, policy.f1, policy.alpha)
 
 
 def _partial_roc_auc_rule(
@@ -215,40 +230,124 @@ def _partial_roc_auc_rule(
             False,
             "the partial ROC AUC was not compared (a report from before it was, or one "
             "class only): evaluate again",
+            "the evaluation did not compare the models where screening works; evaluate again.",
         )
+    above = comparison.min_sensitivity
+    plain = Compared(
+        partial_roc_auc_in_words(above),
+        comparison.challenger_partial_auc,
+        comparison.champion_partial_auc,
+        digits=4,
+    )
+    label = f"partial ROC AUC above {above:.0%} sensitivity"
+    return _bootstrap_rule("partial_roc_auc", label, plain, comparison, judge, policy.alpha)
+
+
+def _bootstrap_rule(
+    rule: str,
+    label: str,
+    plain: Compared,
+    comparison: BootstrapDifference,
+    judge: MetricRule,
+    alpha: float,
+) -> Reason:
+    """A rule on a metric compared by paired bootstrap, whose bound must have been taken at
+    the policy's alpha."""
+    digits = plain.digits
     measured = (
-        f"partial ROC AUC above {comparison.min_sensitivity:.0%} sensitivity "
-        f"{comparison.challenger_partial_auc:.4f} vs champion "
-        f"{comparison.champion_partial_auc:.4f} ({comparison.difference:+.4f}, one-sided "
-        f"{1 - comparison.alpha:.0%} lower bound {comparison.lower_bound:+.4f}, paired "
-        f"bootstrap over {comparison.resampled}s)"
+        f"{label} {plain.challenger:.{digits}f} vs champion {plain.champion:.{digits}f} "
+        f"({comparison.difference:+.{digits}f}, one-sided {1 - comparison.alpha:.0%} lower "
+        f"bound {comparison.lower_bound:+.{digits}f}, paired bootstrap over "
+        f"{comparison.resampled}s)"
     )
-    if abs(comparison.alpha - policy.alpha) > 1e-12:
-        return Reason(
-            "partial_roc_auc",
-            False,
-            f"{measured}; the bound was taken at alpha {comparison.alpha:g} but the policy "
-            f"asks {policy.alpha:g}: evaluate again",
-        )
-    return _judged(
-        "partial_roc_auc", comparison.difference, comparison.lower_bound, judge, measured
-    )
+    if abs(comparison.alpha - alpha) > 1e-12:
+        return _stale_alpha(rule, measured, comparison.alpha, alpha)
+    return _judged(rule, plain, comparison.difference, comparison.lower_bound, judge, measured)
 
 
-def _judged(rule: str, difference: float, lower: float, judge: MetricRule, measured: str) -> Reason:
-    if judge.mode is Mode.point:
-        return Reason(rule, difference > 0, f"{measured}; point mode: must be higher")
-    if judge.mode is Mode.non_inferiority:
-        passed = difference > 0 and lower > -judge.margin
-        return Reason(
-            rule,
-            passed,
-            f"{measured}; non-inferiority: must be higher and the bound above {-judge.margin:+.3f}",
-        )
+def _stale_alpha(rule: str, measured: str, measured_at: float, asked: float) -> Reason:
     return Reason(
         rule,
-        lower > judge.margin,
-        f"{measured}; superiority: the bound must be above {judge.margin:+.3f}",
+        False,
+        f"{measured}; the bound was taken at alpha {measured_at:g} but the policy asks "
+        f"{asked:g}: evaluate again",
+        "the comparison was computed at another confidence level than the policy's; "
+        "evaluate again.",
+    )
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A metric of both models, for the plain-words explanation of a comparison."""
+
+    what: str
+    challenger: float
+    champion: float
+    digits: int = 3
+
+    def values(self) -> str:
+        ours, theirs = f"{self.challenger:.{self.digits}f}", f"{self.champion:.{self.digits}f}"
+        return f"{ours} against the champion's {theirs}"
+
+
+ROC_AUC_IN_WORDS = "how well it ranks melanoma above other lesions (ROC AUC)"
+F1_IN_WORDS = "its balance of melanomas found against false alarms (F1)"
+
+
+def partial_roc_auc_in_words(min_sensitivity: float) -> str:
+    return (
+        "how well it ranks lesions where screening operates, above "
+        f"{min_sensitivity:.0%} sensitivity (partial ROC AUC)"
+    )
+
+
+def _judged(
+    rule: str,
+    plain: Compared,
+    difference: float,
+    lower: float,
+    judge: MetricRule,
+    measured: str,
+) -> Reason:
+    if judge.mode is Mode.point:
+        passed = difference > 0
+        detail = f"{measured}; point mode: must be higher"
+    elif judge.mode is Mode.non_inferiority:
+        passed = difference > 0 and lower > -judge.margin
+        detail = (
+            f"{measured}; non-inferiority: must be higher and the bound above {-judge.margin:+.3f}"
+        )
+    else:
+        passed = lower > judge.margin
+        detail = f"{measured}; superiority: the bound must be above {judge.margin:+.3f}"
+    explanation = "" if passed else _comparison_in_words(plain, difference, lower, judge)
+    return Reason(rule, passed, detail, explanation)
+
+
+def _reason(rule: str, passed: bool, detail: str, explanation: str) -> Reason:
+    """A rule's outcome; only a failed rule needs explaining."""
+    return Reason(rule, passed, detail, "" if passed else explanation)
+
+
+def _comparison_in_words(
+    plain: Compared, difference: float, lower: float, judge: MetricRule
+) -> str:
+    if difference <= 0:
+        return (
+            f"{plain.what} is no better than the champion's: {plain.values()}; a challenger "
+            "must beat the champion to replace it."
+        )
+    if judge.mode is Mode.superiority:
+        return (
+            f"{plain.what} is higher ({plain.values()}), but the policy asks for proof that it "
+            f"is better by more than {judge.margin:.3f}, and on this test set the gain could "
+            f"be as small as {lower:+.3f}."
+        )
+    return (
+        f"{plain.what} is higher ({plain.values()}), but on this test set the gain is too "
+        f"uncertain: the challenger could be as much as {-lower:.3f} worse than the champion, "
+        f"and the policy accepts at most {judge.margin:.3f} worse. A larger gain or more "
+        "test images would settle it."
     )
 
 
@@ -272,10 +371,12 @@ def _subgroup_rule(
         return Reason("subgroups", True, f"no subgroup large enough to judge{not_judged}")
     worst, where = max(drops)
     passed = worst <= policy.max_subgroup_drop
-    return Reason(
+    return _reason(
         "subgroups",
         passed,
         f"largest drop {worst:+.3f} ({where}; allowed {policy.max_subgroup_drop:.3f}){not_judged}",
+        f"it does worse than the champion for one group of patients: {where} drops by "
+        f"{worst:.3f}, and the policy allows at most {policy.max_subgroup_drop:.3f}.",
     )
 
 

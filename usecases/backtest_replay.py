@@ -184,7 +184,9 @@ def _backtest_week(
         outcome, reasons = FAILED, (week.failure or "",)
     else:
         outcome = PROMOTED if week.review else summary.status
-        reasons = (summary.message, *summary.reasons, *([week.review] if week.review else []))
+        plain = tuple(f"in plain words: {sentence}" for sentence in summary.explanations)
+        review = (week.review,) if week.review else ()
+        reasons = (summary.message, *summary.reasons, *plain, *review)
     metrics = summary.metrics if summary else {}
     return BacktestWeek(
         week=week.week,

@@ -83,6 +83,8 @@ class RetrainSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     initialized_from: str | None = None
     init_reason: str | None = None
+    # Why a rejected challenger was rejected, in a reviewer's words (one per failed rule).
+    explanations: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         head = f"{self.status}: {self.message}"
@@ -91,7 +93,8 @@ class RetrainSummary:
             if self.initialized_from
             else []
         )
-        return [head, *start, *(f"  {reason}" for reason in self.reasons)]
+        why = [f"  why, in plain words: {sentence}" for sentence in self.explanations]
+        return [head, *start, *(f"  {reason}" for reason in self.reasons), *why]
 
 
 def pull_new_labels(platform: Platform, params: Params) -> LabelPull:
@@ -195,6 +198,7 @@ def concluded(
         version=registration.version,
         champion=champion,
         reasons=tuple(reason.line() for reason in decision.reasons),
+        explanations=decision.explanations(),
         metrics=evaluation.report.headline(),
         initialized_from=run_tags.get(INITIALIZED_FROM_TAG),
         init_reason=run_tags.get(INIT_REASON_TAG),

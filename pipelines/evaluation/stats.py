@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -300,12 +300,11 @@ def _check_level(name: str, value: float) -> None:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class F1Comparison:
-    """Paired bootstrap of challenger F1 minus champion F1 at their operating thresholds."""
+@dataclass(frozen=True, kw_only=True)
+class BootstrapDifference:
+    """Challenger minus champion on the same test set, and how that difference spreads over
+    paired bootstrap resamples (the same units drawn for both models each time)."""
 
-    challenger_f1: float
-    champion_f1: float
     difference: float
     """challenger - champion, on the full test set"""
     ci_low: float
@@ -319,32 +318,49 @@ class F1Comparison:
     p_not_better: float
     """share of bootstrap differences <= 0"""
     iterations: int
+    """resamples the spread was taken over"""
     resampled: str
     """"lesion" or "image": the unit drawn with replacement"""
 
     def to_dict(self) -> dict[str, float | int | str]:
-        out: dict[str, float | int | str] = {}
-        for name, value in asdict(self).items():
-            if name == "iterations":
-                out[name] = int(value)
-            elif name == "resampled":
-                out[name] = str(value)
-            else:
-                out[name] = float(value)
-        return out
+        return {name: _typed(name, value) for name, value in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> F1Comparison:
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = data[field.name]
-            if field.name == "iterations":
-                values[field.name] = int(raw)
-            elif field.name == "resampled":
-                values[field.name] = str(raw)
-            else:
-                values[field.name] = float(raw)
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        values: dict[str, Any] = {
+            f.name: _typed(f.name, data[f.name]) for f in fields(cls) if f.name in data
+        }
         return cls(**values)
+
+
+def _typed(name: str, value: Any) -> float | int | str:
+    if name == "iterations":
+        return int(value)
+    if name == "resampled":
+        return str(value)
+    return float(value)
+
+
+def _spread(differences: FloatArray, confidence: float, alpha: float) -> dict[str, float]:
+    """The interval, one-sided bound and share not better of bootstrap differences."""
+    tail = (1.0 - confidence) / 2.0
+    ci_low, ci_high = np.quantile(differences, [tail, 1.0 - tail])
+    return {
+        "ci_low": float(ci_low),
+        "ci_high": float(ci_high),
+        "confidence": confidence,
+        "alpha": alpha,
+        "lower_bound": float(np.quantile(differences, alpha)),
+        "p_not_better": float(np.mean(differences <= 0.0)),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class F1Comparison(BootstrapDifference):
+    """Paired bootstrap of challenger F1 minus champion F1 at their operating thresholds."""
+
+    challenger_f1: float
+    champion_f1: float
 
 
 def paired_bootstrap_f1(
@@ -375,20 +391,13 @@ def paired_bootstrap_f1(
     challenger_f1 = float(_f1(full[:, 0], full[:, 1], full[:, 2])[0])
     champion_f1 = float(_f1(full[:, 3], full[:, 4], full[:, 5])[0])
     differences = _bootstrap_differences(unit_counts, iterations, np.random.default_rng(seed))
-    tail = (1.0 - confidence) / 2.0
-    ci_low, ci_high = np.quantile(differences, [tail, 1.0 - tail])
     return F1Comparison(
         challenger_f1=challenger_f1,
         champion_f1=champion_f1,
         difference=challenger_f1 - champion_f1,
-        ci_low=float(ci_low),
-        ci_high=float(ci_high),
-        confidence=confidence,
-        alpha=alpha,
-        lower_bound=float(np.quantile(differences, alpha)),
-        p_not_better=float(np.mean(differences <= 0.0)),
         iterations=iterations,
         resampled=resampled,
+        **_spread(differences, confidence, alpha),
     )
 
 
@@ -489,49 +498,16 @@ def _f1(tp: FloatArray, fp: FloatArray, fn: FloatArray) -> FloatArray:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PartialAucComparison:
+@dataclass(frozen=True, kw_only=True)
+class PartialAucComparison(BootstrapDifference):
     """Paired bootstrap of challenger minus champion partial ROC AUC above
-    `min_sensitivity` (0 to 1 - min_sensitivity), over the scores."""
+    `min_sensitivity` (0 to 1 - min_sensitivity), over the scores. Its `iterations` count
+    the resamples with both classes (one without melanoma or without others has no ROC
+    curve and is left out)."""
 
     challenger_partial_auc: float
     champion_partial_auc: float
-    difference: float
-    """challenger - champion, on the full test set"""
-    ci_low: float
-    ci_high: float
-    """percentile interval of the bootstrap differences at `confidence` (two-sided)"""
-    confidence: float
-    alpha: float
-    """the one-sided level `lower_bound` was taken at"""
-    lower_bound: float
-    """the alpha quantile of the bootstrap differences"""
-    p_not_better: float
-    """share of bootstrap differences <= 0"""
-    iterations: int
-    """resamples with both classes (a resample without melanoma or without others has no
-    ROC curve and is left out)"""
-    resampled: str
-    """"lesion" or "image": the unit drawn with replacement"""
     min_sensitivity: float = PARTIAL_AUC_MIN_SENSITIVITY
-
-    def to_dict(self) -> dict[str, float | int | str]:
-        return {name: _typed(name, value) for name, value in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PartialAucComparison:
-        values: dict[str, Any] = {
-            f.name: _typed(f.name, data[f.name]) for f in fields(cls) if f.name in data
-        }
-        return cls(**values)
-
-
-def _typed(name: str, value: Any) -> float | int | str:
-    if name == "iterations":
-        return int(value)
-    if name == "resampled":
-        return str(value)
-    return float(value)
 
 
 def paired_bootstrap_partial_auc(
@@ -570,21 +546,14 @@ def paired_bootstrap_partial_auc(
     )
     if len(differences) == 0:
         raise ValueError("no bootstrap resample had both classes: too few lesions")
-    tail = (1.0 - confidence) / 2.0
-    ci_low, ci_high = np.quantile(differences, [tail, 1.0 - tail])
     return PartialAucComparison(
         challenger_partial_auc=challenger_value,
         champion_partial_auc=champion_value,
         difference=challenger_value - champion_value,
-        ci_low=float(ci_low),
-        ci_high=float(ci_high),
-        confidence=confidence,
-        alpha=alpha,
-        lower_bound=float(np.quantile(differences, alpha)),
-        p_not_better=float(np.mean(differences <= 0.0)),
         iterations=len(differences),
         resampled=resampled,
         min_sensitivity=min_sensitivity,
+        **_spread(differences, confidence, alpha),
     )
 
 

@@ -121,6 +121,9 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
     assert "delta_roc_auc" in second.metrics
     assert second.initialized_from == "melanoma-resnet50 version 1", second.lines()
     assert any("started from melanoma-resnet50 version 1" in line for line in second.lines())
+    failed = [line for line in second.reasons if line.startswith("FAIL")]
+    assert len(second.explanations) == len(failed)  # a reviewer reads why, rule by rule
+    assert (second.status == "rejected") == bool(second.explanations)
     with opened() as app:
         champions = app.champions()
         assert champions.expected_champion() == "1"

@@ -340,3 +340,86 @@ def test_partial_roc_auc_rule_without_the_comparison_or_at_another_alpha_fails()
     decision = decide(evaluation("challenger"), other_alpha, policy)
     assert not reason(decision, "partial_roc_auc")
     assert "alpha 0.2" in decision.failed[0].detail
+
+
+# --------------------------------------------------------------------------------------
+# The decision in plain words, for reviewers
+# --------------------------------------------------------------------------------------
+
+
+def explanation(decision: Decision, rule: str) -> str:
+    (found,) = [r for r in decision.reasons if r.rule == rule]
+    return found.explanation
+
+
+def test_a_promoted_challenger_needs_no_explanation():
+    decision = decide(evaluation("challenger"), versus(), GatePolicy())
+    assert decision.explanations() == ()
+    assert all(r.explanation == "" for r in decision.reasons)
+    assert not any(line.startswith("in plain words") for line in decision.lines())
+
+
+def test_missed_melanomas_and_needless_biopsies_are_said_in_counts():
+    challenger = evaluation("challenger", sensitivity=0.7, specificity=0.4)
+    decision = decide(challenger, versus(), GatePolicy())
+    assert decision.explanations() == (
+        "it would miss too many melanomas: it found 70 of the 100 in the test set (70%), and "
+        "the policy asks for at least 80%.",
+        "it would send too many harmless lesions to biopsy: it cleared only 360 of the 900 "
+        "non-melanoma lesions in the test set (40%), and the policy asks for at least 50%.",
+    )
+    assert decision.lines()[-2:] == [f"in plain words: {s}" for s in decision.explanations()]
+
+
+def test_a_challenger_no_better_is_told_it_must_beat_the_champion():
+    decision = decide(evaluation("challenger"), versus(auc_difference=-0.01), GatePolicy())
+    assert explanation(decision, "roc_auc") == (
+        "how well it ranks melanoma above other lesions (ROC AUC) is no better than the "
+        "champion's: 0.840 against the champion's 0.850; a challenger must beat the champion "
+        "to replace it."
+    )
+
+
+def test_an_uncertain_gain_says_how_much_worse_it_could_be_and_what_is_tolerated():
+    # +0.01 with a standard error of 0.03: the one-sided 95% bound is 0.01 - 1.645 * 0.03,
+    # below the default non-inferiority margin of 0.02.
+    decision = decide(
+        evaluation("challenger"),
+        ChampionComparison(evaluation("champion"), auc(0.01, 0.03), f1(0.03, -0.01), None),
+        GatePolicy(),
+    )
+    worst = 0.01 - stats.norm.ppf(0.95) * 0.03
+    assert explanation(decision, "roc_auc") == (
+        "how well it ranks melanoma above other lesions (ROC AUC) is higher (0.860 against "
+        f"the champion's 0.850), but on this test set the gain is too uncertain: the "
+        f"challenger could be as much as {-worst:.3f} worse than the champion, and the policy "
+        "accepts at most 0.020 worse. A larger gain or more test images would settle it."
+    )
+
+
+def test_superiority_explains_the_proof_it_asks_for():
+    policy = GatePolicy(f1=MetricRule(Mode.superiority, 0.0))
+    decision = decide(evaluation("challenger"), versus(f1_difference=0.03, f1_lower=-0.01), policy)
+    assert explanation(decision, "f1") == (
+        "its balance of melanomas found against false alarms (F1) is higher (0.630 against the "
+        "champion's 0.600), but the policy asks for proof that it is better by more than "
+        "0.000, and on this test set the gain could be as small as -0.010."
+    )
+
+
+def test_a_subgroup_drop_names_the_group():
+    champion_groups = (group("female", 0.9), group("male", 0.9))
+    challenger = evaluation("challenger", (group("female", 0.7), group("male", 0.9)))
+    decision = decide(challenger, versus(champion_groups=champion_groups), GatePolicy())
+    assert explanation(decision, "subgroups").startswith(
+        "it does worse than the champion for one group of patients: sensitivity in "
+        "sex=female drops by 0.200"
+    )
+
+
+def test_old_decisions_without_explanations_still_read():
+    decision = decide(evaluation("challenger", sensitivity=0.5), versus(), GatePolicy())
+    stored = decision.to_dict()
+    for row in stored["reasons"]:
+        del row["explanation"]  # a report written before reviewers had plain words
+    assert Decision.from_dict(stored).explanations() == ()
