@@ -470,7 +470,12 @@ def arms_figure(arms: Mapping[str, Sequence[BacktestWeek]], title: str) -> Figur
     for axis, (metric, name) in zip(axes, ARM_METRICS.items(), strict=True):
         for arm, weeks in arms.items():
             values = [_or_nan(getattr(week, f"champion_{metric}")) for week in weeks]
-            axis.plot([week.week for week in weeks], values, marker="o", label=arm)
+            line = axis.plot([week.week for week in weeks], values, marker="o", label=arm)
+            if metric == "roc_auc":  # what each week trained, promoted or not
+                challengers = [_or_nan(week.challenger_roc_auc) for week in weeks]
+                axis.plot([week.week for week in weeks], challengers, linestyle="--",
+                          marker="x", color=line[0].get_color(),
+                          label=f"{arm}: the week's challenger (its week's test set)")  # fmt: skip
         axis.set_ylabel(name)
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
