@@ -21,6 +21,7 @@ from pipelines.dataset.tfdata import (
     evaluation_batches,
     labelled_files,
     melanoma_repeats,
+    resize_image,
     training_batches,
 )
 from pipelines.training.config import Augmentation, TrainingDataError
@@ -117,6 +118,20 @@ def test_decode_image_reads_jpeg_and_png_and_greyscale_as_rgb(image_format):
 
     assert decoded.shape == (SIZE, SIZE, 3) and decoded.dtype == np.uint8
     assert np.all(np.abs(decoded.astype(int) - 120) <= 2)
+
+
+def test_a_jpeg_decodes_to_the_pixels_pil_reads(training_split):
+    """A clinical system that decodes with PIL and sends pixels gets the answer it would get
+    sending the file: both paths see the same image."""
+    default_differs = []
+    for file in training_split.files[:10]:
+        as_pil = np.asarray(Image.open(file).convert("RGB"))
+        side = as_pil.shape[0]
+        default = tf.io.decode_jpeg(Path(file).read_bytes(), channels=3).numpy()
+        default_differs.append(bool(np.any(default != as_pil)))
+        ours = decode_image(Path(file).read_bytes(), side).numpy()
+        np.testing.assert_array_equal(ours, resize_image(as_pil, side).numpy())
+    assert any(default_differs)  # TensorFlow's default decoding would not match
 
 
 def test_each_image_keeps_its_diagnosis_through_oversampling_and_shuffling(training_split):
