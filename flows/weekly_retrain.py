@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
@@ -19,8 +20,10 @@ from registry.promotion import Outcome
 from usecases import challenger_evaluation, retrain_steps, snapshots
 from usecases.params import Params
 from usecases.platform import Platform
-from usecases.retrain_steps import LabelPull, RetrainSummary
+from usecases.retrain_steps import LabelPull, MlflowPages, RetrainSummary
 from usecases.snapshots import SnapshotOutcome
+
+WEEKLY_OUTCOME_ARTIFACT = "weekly-retrain-outcome"
 
 
 class TrainingFailed(Refused):
@@ -103,11 +106,11 @@ def weekly_retrain(
         ) as busy,
     ):
         if busy:
-            return skipped(retrain_steps.skipped(busy), busy)
+            return skipped(publish(platform, retrain_steps.skipped(busy)), busy)
         pull = pull_new_labels(platform, params)
         reason = pull.skip_reason(params.retrain.min_new_labels)
         if reason:
-            return skipped(retrain_steps.skipped(reason, pull), reason)
+            return skipped(publish(platform, retrain_steps.skipped(reason, pull)), reason)
         validate(platform, params, pull)
         frozen = snapshot(platform, params, pull, steward)
         snapshot_id = frozen.record.snapshot_id
@@ -121,4 +124,16 @@ def weekly_retrain(
         summary: RetrainSummary = retrain_steps.concluded(
             platform, pull, snapshot_id, result, decision, registration
         )
-        return summary
+        return publish(platform, summary)
+
+
+def publish(platform: Platform, summary: RetrainSummary) -> RetrainSummary:
+    """The week's outcome as a Markdown artifact of the flow run, for the Prefect UI."""
+    workspace = platform.workspace
+    pages = MlflowPages.of(workspace.tracking_uri, workspace.model_name)
+    create_markdown_artifact(
+        markdown=summary.markdown(pages),
+        key=WEEKLY_OUTCOME_ARTIFACT,
+        description=f"weekly retrain: {summary.status}",
+    )
+    return summary

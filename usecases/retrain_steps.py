@@ -11,6 +11,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -95,6 +96,50 @@ class RetrainSummary:
         )
         why = [f"  why, in plain words: {sentence}" for sentence in self.explanations]
         return [head, *start, *(f"  {reason}" for reason in self.reasons), *why]
+
+    def markdown(self, pages: MlflowPages | None = None) -> str:
+        """The week's outcome for the Prefect UI: what arrived, what was decided and why,
+        and where the evidence is."""
+        facts = [
+            f"- new labels since the champion's snapshot: {self.new_labels}",
+            *([f"- snapshot: `{self.snapshot_id}`"] if self.snapshot_id else []),
+            *([f"- challenger: version {self.version}"] if self.version else []),
+            f"- champion now: {f'version {self.champion}' if self.champion else 'none'}",
+        ]
+        if self.initialized_from:
+            facts.append(f"- started from {self.initialized_from} ({self.init_reason})")
+        lines = [f"# Weekly retrain: {self.status}", "", self.message, "", *facts]
+        if self.reasons:
+            lines += ["", "## The gate's decision", "", *(f"- `{r}`" for r in self.reasons)]
+        if self.explanations:
+            lines += ["", "In plain words:", "", *(f"- {s}" for s in self.explanations)]
+        links = pages.links(self.version, self.run_id) if pages else []
+        if links:
+            lines += ["", "## Evidence", "", *links]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class MlflowPages:
+    """Links into the MLflow UI of an installation whose tracking server speaks HTTP."""
+
+    base_url: str
+    model_name: str
+
+    @classmethod
+    def of(cls, tracking_uri: str, model_name: str) -> MlflowPages | None:
+        if not tracking_uri.startswith(("http://", "https://")):
+            return None  # a file or database store has no UI to link to
+        return cls(tracking_uri.rstrip("/"), model_name)
+
+    def links(self, version: str | None, run_id: str | None) -> list[str]:
+        links = []
+        if version:
+            page = f"{self.base_url}/#/models/{quote(self.model_name, safe='')}/versions/{version}"
+            links.append(f"- [version {version} in the MLflow UI]({page})")
+        if run_id:
+            links.append(f"- [the run: report, plots, lineage]({self.base_url}/#/runs/{run_id})")
+        return links
 
 
 def pull_new_labels(platform: Platform, params: Params) -> LabelPull:

@@ -58,6 +58,21 @@ def finished(state: Any) -> RetrainSummary:
     return summary
 
 
+def outcome_artifacts(state: Any) -> list[str]:
+    """The Markdown the weekly-retrain run published for the Prefect UI."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.weekly_retrain import WEEKLY_OUTCOME_ARTIFACT
+
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+    return [str(a.data) for a in artifacts if a.key == WEEKLY_OUTCOME_ARTIFACT]
+
+
 def tracking(app: App) -> MlflowClient:
     mlflow.set_tracking_uri(app.settings.mlflow_tracking_uri)
     return MlflowClient(app.settings.mlflow_tracking_uri)
@@ -115,7 +130,8 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
     # Week 2: new confirmed labels; the challenger is judged against champion 1 on the
     # same locked test set, and waits for approval or is rejected, by the gate.
     register_week(platform, seed=4, images=90)
-    second = finished(retrain())
+    second_run = retrain()
+    second = finished(second_run)
     assert second.version == "2" and second.status in ("awaiting approval", "rejected")
     assert {line.split()[1].rstrip(":") for line in second.reasons} >= {"roc_auc", "f1"}
     assert "delta_roc_auc" in second.metrics
@@ -124,6 +140,10 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
     failed = [line for line in second.reasons if line.startswith("FAIL")]
     assert len(second.explanations) == len(failed)  # a reviewer reads why, rule by rule
     assert (second.status == "rejected") == bool(second.explanations)
+    # The Prefect UI shows the week's outcome on the flow run, not only "Completed".
+    (outcome,) = outcome_artifacts(second_run)
+    assert outcome.startswith(f"# Weekly retrain: {second.status}\n"), outcome
+    assert all(f"- `{reason}`" in outcome.splitlines() for reason in second.reasons)
     with opened() as app:
         champions = app.champions()
         assert champions.expected_champion() == "1"
