@@ -32,6 +32,8 @@ DECISION = "decision"
 PENDING, NOT_REQUIRED, APPROVED, REJECTED = "pending", "not-required", "approved", "rejected"
 
 TAG_VALUE_LIMIT = 5000  # MLflow's limit for a model version tag value
+DESCRIPTION_LIMIT = 5000  # and for a version's description
+HISTORY_HEADING = "### History"
 
 
 class ModelRegistryError(PlatformError):
@@ -97,9 +99,12 @@ class ModelRegistry:
     def client(self) -> MlflowClient:
         return self._client
 
-    def register(self, model_uri: str, run_id: str, tags: Mapping[str, str]) -> ModelVersion:
-        """A new version of the model logged at `model_uri`, created with its tags at once
-        (a version never exists without its evidence)."""
+    def register(
+        self, model_uri: str, run_id: str, tags: Mapping[str, str], description: str = ""
+    ) -> ModelVersion:
+        """A new version of the model logged at `model_uri`, created with its tags and its
+        description (Markdown, the version page's) at once: a version never exists without
+        its evidence."""
         with _translated(self.model_name):
             self._ensure_registered_model()
             created = self._client.create_model_version(
@@ -107,9 +112,18 @@ class ModelRegistry:
                 source=model_uri,
                 run_id=run_id,
                 tags={key: _tag_value(value) for key, value in tags.items()},
+                description=_fitting(description) or None,
                 model_id=_logged_model_id(model_uri),
             )
             return self._wait_until_ready(str(created.version))
+
+    def add_to_history(self, version: str, line: str) -> None:
+        """Append `line` to the version description's history (who did what, when)."""
+        with _translated(self.model_name, version):
+            current = self._client.get_model_version(self.model_name, version).description or ""
+            heading = "" if HISTORY_HEADING in current else f"\n\n{HISTORY_HEADING}\n"
+            described = _fitting(f"{current.rstrip()}{heading}\n- {line}".lstrip())
+            self._client.update_model_version(self.model_name, version, description=described)
 
     def version(self, version: str) -> ModelVersion:
         with _translated(self.model_name, version):
@@ -215,6 +229,20 @@ def _tag_value(value: str) -> str:
     if len(text) <= TAG_VALUE_LIMIT:
         return text
     return text[: TAG_VALUE_LIMIT - 30] + " ... (full text in the audit)"
+
+
+def _fitting(description: str) -> str:
+    """The description within MLflow's limit: the evidence is cut, the history kept (its
+    newest lines, should it outgrow the limit alone)."""
+    if len(description) <= DESCRIPTION_LIMIT:
+        return description
+    evidence, heading, history = description.partition(HISTORY_HEADING)
+    cut = "\n\n... (cut to fit MLflow's limit: the full report is on the run)\n\n"
+    kept = heading + history
+    room = DESCRIPTION_LIMIT - len(cut) - len(kept)
+    if room < 0:
+        return cut.lstrip() + kept[len(kept) - (DESCRIPTION_LIMIT - len(cut.lstrip())) :]
+    return evidence[:room] + cut + kept
 
 
 @contextmanager

@@ -10,6 +10,7 @@ version that never earned it is put back.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ from registry.models import (
     ModelRegistryError,
     ModelVersion,
 )
+
+log = logging.getLogger(__name__)
 
 GUARD = "alias-guard"
 CHAMPION_CHANGES = ("promotion", "rollback")
@@ -62,6 +65,8 @@ class GateRecord:
     summary: str
     tags: Mapping[str, str]
     evidence: Mapping[str, Any]
+    description: str = ""
+    """Markdown for the version page: the decision, the headline, the lineage, links."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ class ChampionLifecycle:
             APPROVAL: PENDING if record.needs_approval else NOT_REQUIRED,
             "champion_at_decision": self.expected_champion() or "none",
         }
-        return self.models.register(record.model_uri, record.run_id, tags)
+        return self.models.register(record.model_uri, record.run_id, tags, record.description)
 
     def _version_of_run(self, run_id: str) -> ModelVersion | None:
         return next((v for v in self.models.versions() if v.run_id == run_id), None)
@@ -426,7 +431,7 @@ class ChampionLifecycle:
     ) -> AuditEvent:
         if action not in (*CHAMPION_CHANGES, "guard_correction"):
             champion_after = self.expected_champion()  # who served when it happened
-        return self.trail.record(
+        event = self.trail.record(
             AuditEvent(
                 occurred_at=self._clock(),
                 actor=actor,
@@ -438,3 +443,16 @@ class ChampionLifecycle:
                 champion_after=champion_after,
             )
         )
+        if version is not None:
+            self._add_to_history(version, event)
+        return event
+
+    def _add_to_history(self, version: str, event: AuditEvent) -> None:
+        """The version page's history line; the audit trail is the record, so a registry
+        that fails here costs the line, not the action (the next line is written anyway)."""
+        when = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        line = f"{when}, {event.action} by {event.actor}: {event.summary}"
+        try:
+            self.models.add_to_history(version, line)
+        except ModelRegistryError as error:
+            log.warning("version %s: history line not written (%s): %s", version, error, line)

@@ -260,6 +260,10 @@ def _gate_record(
     }
     failed = [reason.rule for reason in decision.failed]
     summary = "every rule passed" if not failed else f"failed {', '.join(failed)}"
+    from pipelines.evaluation.rendering import version_description
+
+    lineage = {key: tags[key] for key in LINEAGE_TAGS if tags.get(key)}
+    description = version_description(report, decision.lines(), lineage, run.info.run_id)
     return GateRecord(
         model_uri=tags[MODEL_URI_TAG],
         run_id=run.info.run_id,
@@ -268,6 +272,7 @@ def _gate_record(
         summary=summary,
         tags=version_tags,
         evidence=evidence,
+        description=description,
     )
 
 

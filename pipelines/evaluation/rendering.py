@@ -174,20 +174,44 @@ def summary_markdown(report: EvaluationReport, decision_lines: Sequence[str] = (
     lines += [locked_set_sentence(report), ""]
     if decision_lines:
         lines += ["## Decision", "", *(f"- {line}" for line in decision_lines), ""]
-    lines += ["## Headline metrics", "", "| metric | challenger | champion | difference |"]
-    lines += ["|---|---:|---:|---:|"]
-    lines += [f"| {' | '.join(row)} |" for row in headline_rows(report)]
-    if report.versus:
-        lines += [
-            "",
-            "## Paired statistics",
-            "",
-            *(f"- {s}" for s in statistics_lines(report.versus)),
-        ]
+    lines += _headline_markdown(report, "##")
     lines += ["", "## Confusion matrices", ""]
     lines += [_confusion_sentence(evaluation) for evaluation in report.evaluations]
     lines += ["", "## Subgroups", "", *_subgroup_markdown(report)]
     return "\n".join(lines) + "\n"
+
+
+def version_description(
+    report: EvaluationReport,
+    decision_lines: Sequence[str],
+    lineage: Mapping[str, str],
+    run_id: str,
+) -> str:
+    """What a reviewer reads on the version page of the MLflow UI (Markdown): the decision
+    and its reasons, the headline against the champion with its intervals, the test set,
+    the lineage, and links to the run's full report (MLflow resolves `#/` links in place)."""
+    lines = ["### Decision", "", *(f"- {line}" for line in decision_lines), ""]
+    lines += [locked_set_sentence(report), ""]
+    lines += _headline_markdown(report, "###")
+    lines += ["", "### Lineage", "", *(f"- {key}: `{value}`" for key, value in lineage.items())]
+    report_page = f"#/runs/{run_id}/artifactPath/evaluation/summary.html"
+    lines += [
+        "",
+        f"[The run]({f'#/runs/{run_id}'}): [the full report]({report_page}) with the "
+        "subgroups, ROC, precision-recall, reliability and confusion plots, and the "
+        "training curves.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _headline_markdown(report: EvaluationReport, level: str) -> list[str]:
+    lines = [f"{level} Headline metrics", "", "| metric | challenger | champion | difference |"]
+    lines += ["|---|---:|---:|---:|"]
+    lines += [f"| {' | '.join(row)} |" for row in headline_rows(report)]
+    if report.versus:
+        lines += ["", f"{level} Paired statistics", ""]
+        lines += [f"- {s}" for s in statistics_lines(report.versus)]
+    return lines
 
 
 def _confusion_sentence(evaluation: ModelEvaluation) -> str:

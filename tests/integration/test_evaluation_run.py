@@ -68,6 +68,15 @@ def test_the_first_challenger_is_registered_and_awaits_approval(project, trackin
     assert version.tags["snapshot_id"] == record(project, "snapshot")["snapshot_id"]
     assert version.tags["run_id"] == trained["run_id"]
     assert "first_model_roc_auc" in version.tags["decision_reasons"]
+    # The version page shows the evidence: decision, headline, test set, lineage, links,
+    # and the history of what was done to it.
+    page = version.description
+    for part in ("### Decision", "pass  first_model_roc_auc", "### Headline metrics",
+                 "25 images (13 melanoma", "### Lineage", f"#/runs/{trained['run_id']}",
+                 f"- snapshot_id: `{version.tags['snapshot_id']}`", "### History"):  # fmt: skip
+        assert part in page, part
+    last = page.rstrip().splitlines()[-1]
+    assert " decision by " in last and last.endswith(": promote: every rule passed"), page
 
     report = report_of(tracking, trained["run_id"])
     assert report.versus is None
@@ -118,3 +127,11 @@ def test_a_second_run_is_judged_against_the_approved_champion(project, tracking)
         ("decision", "1"), ("approval", "1"), ("promotion", "1"),
     ]  # fmt: skip
     assert trail[3]["action"] == "decision" and trail[3]["version"] == "2"
+    history = tracking.get_model_version("melanoma-resnet50", "1").description.split("### History")
+    done_to_1 = [f"{e['action']} by {e['actor']}" for e in trail if e["version"] == "1"]
+    assert done_to_1[1:] == ["approval by dr-okafor", "promotion by dr-okafor"]
+    lines = history[1].strip().splitlines()
+    assert [line.split(", ", 1)[1].split(":")[0] for line in lines] == done_to_1
+    assert (
+        "### Paired statistics" in tracking.get_model_version("melanoma-resnet50", "2").description
+    )
