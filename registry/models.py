@@ -34,6 +34,11 @@ PENDING, NOT_REQUIRED, APPROVED, REJECTED = "pending", "not-required", "approved
 TAG_VALUE_LIMIT = 5000  # MLflow's limit for a model version tag value
 DESCRIPTION_LIMIT = 5000  # and for a version's description
 HISTORY_HEADING = "### History"
+MODEL_SUMMARY = (
+    "Melanoma vs not melanoma on dermoscopic images (cme). Aliases: champion serves, "
+    "challenger awaits the gate or a reviewer, previous-champion is where `cme rollback` "
+    "returns."
+)
 
 
 class ModelRegistryError(PlatformError):
@@ -117,6 +122,11 @@ class ModelRegistry:
             )
             return self._wait_until_ready(str(created.version))
 
+    def describe_model(self, description: str) -> None:
+        """The registered model's description (Markdown, the model page's)."""
+        with _translated(self.model_name):
+            self._client.update_registered_model(self.model_name, _fitting(description))
+
     def add_to_history(self, version: str, line: str) -> None:
         """Append `line` to the version description's history (who did what, when)."""
         with _translated(self.model_name, version):
@@ -180,9 +190,7 @@ class ModelRegistry:
         try:
             self._client.create_registered_model(
                 self.model_name,
-                description="Melanoma vs not melanoma on dermoscopic images (cme). "
-                "Aliases: champion serves, challenger awaits the gate or a reviewer, "
-                "previous-champion is where `cme rollback` returns.",
+                description=MODEL_SUMMARY,
             )
         except MlflowException as error:  # created meanwhile by a concurrent registration
             if error.error_code != "RESOURCE_ALREADY_EXISTS":

@@ -24,6 +24,7 @@ from registry.models import (
     CHALLENGER,
     CHAMPION,
     DECISION,
+    MODEL_SUMMARY,
     NOT_REQUIRED,
     PENDING,
     PREVIOUS_CHAMPION,
@@ -38,6 +39,14 @@ log = logging.getLogger(__name__)
 
 GUARD = "alias-guard"
 CHAMPION_CHANGES = ("promotion", "rollback")
+
+
+def _when(event: AuditEvent) -> str:
+    return event.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _done(event: AuditEvent) -> str:
+    return f"{event.action} by {event.actor}: {event.summary}"
 
 
 class PromotionRefused(ModelRegistryError, Refused):
@@ -443,16 +452,35 @@ class ChampionLifecycle:
                 champion_after=champion_after,
             )
         )
-        if version is not None:
-            self._add_to_history(version, event)
+        self._show_on_the_model_pages(event)
         return event
 
-    def _add_to_history(self, version: str, event: AuditEvent) -> None:
-        """The version page's history line; the audit trail is the record, so a registry
-        that fails here costs the line, not the action (the next line is written anyway)."""
-        when = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        line = f"{when}, {event.action} by {event.actor}: {event.summary}"
+    def _show_on_the_model_pages(self, event: AuditEvent) -> None:
+        """The event on the MLflow UI's pages: a history line on its version's page, and,
+        when the champion or the policy may have changed, the model page's summary. The
+        audit trail is the record: a registry that fails here costs the page's update, not
+        the action (the next event writes the page again)."""
         try:
-            self.models.add_to_history(version, line)
+            if event.version is not None:
+                self.models.add_to_history(event.version, f"{_when(event)}, {_done(event)}")
+            if event.action in (*CHAMPION_CHANGES, "decision"):
+                self.models.describe_model(self._model_page())
         except ModelRegistryError as error:
-            log.warning("version %s: history line not written (%s): %s", version, error, line)
+            log.warning("the MLflow pages miss %s (%s)", _done(event), error)
+
+    def _model_page(self) -> str:
+        """The champion of record and the gate policy the last decision was taken under."""
+        change = self._last_champion_change()
+        champion = (
+            f"version {change.champion_after}, since {_when(change)} ({_done(change)})"
+            if change
+            else "none yet"
+        )
+        events = self.trail.events(self.model_name)
+        decision = next((e for e in reversed(events) if e.action == "decision"), None)
+        policy = decision.evidence.get("policy", {}) if decision else {}
+        lines = [MODEL_SUMMARY, "", "### Champion", "", champion]
+        if policy:
+            lines += ["", "### The gate policy of the last decision", ""]
+            lines += [f"- {key}: `{value}`" for key, value in policy.items()]
+        return "\n".join(lines) + "\n"

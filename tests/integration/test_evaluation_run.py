@@ -132,6 +132,10 @@ def test_a_second_run_is_judged_against_the_approved_champion(project, tracking)
     assert done_to_1[1:] == ["approval by dr-okafor", "promotion by dr-okafor"]
     lines = history[1].strip().splitlines()
     assert [line.split(", ", 1)[1].split(":")[0] for line in lines] == done_to_1
-    assert (
-        "### Paired statistics" in tracking.get_model_version("melanoma-resnet50", "2").description
-    )
+    second_page = tracking.get_model_version("melanoma-resnet50", "2").description
+    assert "### Paired statistics" in second_page
+    model_page = tracking.get_registered_model("melanoma-resnet50").description
+    champion = model_page.split("### Champion")[1].strip().splitlines()[0]
+    assert champion.startswith("version 1, since ") and "promotion by dr-okafor" in champion
+    policy = model_page.split("### The gate policy of the last decision")[1].splitlines()
+    assert {"- approval: `required`", "- first_model_f1: `0.0`"} <= set(policy)  # the project's
