@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -101,3 +102,43 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+@contextmanager
+def progress(what: str, total: int | None) -> Iterator[Callable[[int, str], None]]:
+    """Report `done` of `total` as work goes: a bar on a terminal, else a plain line each
+    time (flows, CI, a log file). Yields `advance(done, detail)`."""
+    if not sys.stderr.isatty():
+
+        def line(done: int, detail: str) -> None:
+            of = f" of {total}" if total is not None else ""
+            typer.echo(f"{what}: {done}{of} {detail}".rstrip(), err=True)
+
+        yield line
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[detail]}"))  # fmt: skip
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(what, total=total, detail="")
+
+        def advance(done: int, detail: str) -> None:
+            bar.update(task, completed=done, detail=detail)
+
+        yield advance
+
+
+def data_rows(csv_file: Path) -> int | None:
+    """How many data rows a CSV holds (for a progress total), or None if it cannot be read."""
+    try:
+        with csv_file.open(newline="", encoding="utf-8") as handle:
+            return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None

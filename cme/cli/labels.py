@@ -9,8 +9,18 @@ from typing import Any
 
 import typer
 
-from cme.cli.common import EXIT_USAGE, OVERRIDES, STEWARD, OutputFormat, emit, fail, opened_app
-from registry.labels.domain import METADATA_COLUMNS
+from cme.cli.common import (
+    EXIT_USAGE,
+    OVERRIDES,
+    STEWARD,
+    OutputFormat,
+    data_rows,
+    emit,
+    fail,
+    opened_app,
+    progress,
+)
+from registry.labels.domain import METADATA_COLUMNS, ImportSummary
 
 app = typer.Typer(help="Register labelled images, correct labels, read the registry.")
 
@@ -52,9 +62,14 @@ def import_metadata(
     with opened_app() as cme:
         intake = cme.params(overrides).intake
         registry = cme.label_registry(intake.rules())
-        summary = registry.import_metadata(
-            metadata, images, steward=cme.steward(steward), batch_size=intake.batch_size
-        )
+        with progress(f"importing {metadata.name}", data_rows(metadata)) as advance:
+            summary = registry.import_metadata(
+                metadata,
+                images,
+                steward=cme.steward(steward),
+                batch_size=intake.batch_size,
+                on_batch=lambda done: advance(done.rows, _import_counts(done)),
+            )
     typer.echo(f"{summary.source}: {summary.counts_line()}")
     for reason_kind, count in sorted(summary.reasons.items(), key=lambda item: -item[1]):
         typer.echo(f"  {count:6d}  {reason_kind}")
@@ -67,6 +82,11 @@ def import_metadata(
     if summary.quarantined > 10:
         typer.echo(f"  ... see `cme labels quarantine` for all {summary.quarantined}", err=True)
     raise typer.Exit(summary.exit_code)
+
+
+def _import_counts(done: ImportSummary) -> str:
+    counts = (done.registered, done.unchanged, done.quarantined)
+    return "rows: {} registered, {} unchanged, {} quarantined".format(*counts)
 
 
 @app.command("add")

@@ -107,9 +107,16 @@ class LabelRegistry:
     # -- intake --------------------------------------------------------------------------
 
     def import_metadata(
-        self, metadata: Path, images_dir: Path, *, steward: str, batch_size: int = 500
+        self,
+        metadata: Path,
+        images_dir: Path,
+        *,
+        steward: str,
+        batch_size: int = 500,
+        on_batch: Callable[[ImportSummary], None] | None = None,
     ) -> ImportSummary:
         """Register every valid row of a lab export; quarantine the others with a reason.
+        `on_batch` sees the summary so far after each committed batch (progress).
 
         Idempotent: rows already registered with the same image and label are `unchanged`,
         and a row refused before for the same reason is not quarantined twice.
@@ -123,6 +130,8 @@ class LabelRegistry:
             self._take_in(
                 chunk, _Submission(images_dir, conflicts, steward, source, "import"), summary
             )
+            if on_batch is not None:
+                on_batch(summary)
         if summary.registered >= _BULK_INTAKE:
             self._refresh_planner_statistics()
         return summary

@@ -54,9 +54,17 @@ def test_import_exit_codes_and_summary(workdir, lab_export):
     metadata, images = str(lab_export / "metadata.csv"), str(lab_export / "images")
     total = len(read_rows(lab_export / "metadata.csv"))
 
-    clean = cme("labels", "import", metadata, "--images", images, env=env, cwd=cwd)
+    clean = cme("labels", "import", metadata, "--images", images, "-S", "intake.batch_size=10",
+                env=env, cwd=cwd)  # fmt: skip
     assert clean.returncode == 0, clean.stderr
     assert f"{total} rows: {total} registered, 0 unchanged, 0 quarantined" in clean.stdout
+    # Not a terminal: a plain progress line after each committed batch, on stderr.
+    progress = [line for line in clean.stderr.splitlines() if line.startswith("importing ")]
+    assert progress[0] == (
+        f"importing metadata.csv: 10 of {total} rows: 10 registered, 0 unchanged, 0 quarantined"
+    )
+    assert len(progress) == -(-total // 10)
+    assert progress[-1].startswith(f"importing metadata.csv: {total} of {total} rows: {total} ")
 
     rows = read_rows(lab_export / "metadata.csv")
     rows.append(dict(rows[0], image_id="ISIC_BAD", sex="none"))
