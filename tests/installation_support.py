@@ -77,7 +77,9 @@ def build_evaluated_installation(folder: Path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
     evaluated = run("dvc", "repro", "evaluate", cwd=folder)
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
-    assert "epoch   2 fine-tune" in evaluated.stdout  # the train stage's per-epoch lines
+    # the train stage's per-epoch lines, with the epochs planned and the time left
+    assert "epoch   1/2 fine-tune" in evaluated.stdout and " left)" in evaluated.stdout
+    assert "epoch   2/2 fine-tune" in evaluated.stdout
     (folder / "dvc-repro-evaluate.log").write_text(evaluated.stdout)
 
 

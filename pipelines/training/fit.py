@@ -64,12 +64,28 @@ class EpochRecord:
     images: int  # training images seen (oversampled copies included)
     member: int = 1  # which model of an ensemble, from 1
     members: int = 1  # train.ensemble_size
+    planned: int = 0  # the member's epochs in all (early stopping may end it sooner)
+    seconds_left: float | None = None  # at most, at the member's pace so far
 
     def line(self, shown: tuple[str, ...] = SHOWN_METRICS) -> str:
         """One line of progress, e.g. for a terminal or a flow run's log."""
         values = "  ".join(f"{key} {self.metrics[key]:.4f}" for key in shown if key in self.metrics)
         member = f"member {self.member}/{self.members} " if self.members > 1 else ""
-        return f"{member}epoch {self.epoch:>3} {self.phase:<9} {values}  ({self.seconds:.1f} s)"
+        of = f"/{self.planned}" if self.planned else ""
+        left = (
+            f", at most {_duration(self.seconds_left)} left"
+            if self.seconds_left is not None
+            else ""
+        )
+        return (
+            f"{member}epoch {self.epoch:>3}{of} {self.phase:<9} {values}  "
+            f"({self.seconds:.1f} s{left})"
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
 @dataclass(frozen=True)
@@ -199,6 +215,7 @@ def _train_member(
     recorder = _EpochRecorder(
         history, train_batches.images, on_epoch, member=index + 1, members=config.ensemble_size
     )
+    recorder.planned = sum(epochs for _, epochs, _ in _phases(member, warm=warm_start is not None))
     best: float | None = None
     for phase, epochs, learning_rate in _phases(member, warm=warm_start is not None):
         with strategy.scope():
@@ -354,20 +371,27 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.members = members
         self.phase = ""
         self.epochs_done = 0
+        self.planned = 0
         self._started = 0.0
+        self._seconds = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        seconds = time.perf_counter() - self._started
+        self._seconds += seconds
+        left = max(self.planned - (epoch + 1), 0) if self.planned else None
         record = EpochRecord(
             epoch=epoch + 1,
             phase=self.phase,
             metrics={key: float(value) for key, value in (logs or {}).items()},
-            seconds=time.perf_counter() - self._started,
+            seconds=seconds,
             images=self.images,
             member=self.member,
             members=self.members,
+            planned=self.planned,
+            seconds_left=None if left is None else left * self._seconds / (epoch + 1),
         )
         self.history.append(record)
         self.epochs_done = record.epoch

@@ -145,7 +145,7 @@ def ensemble(project: Path, tracking: MlflowClient) -> dict:
         cwd=project,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    assert "member 2/2 epoch   2 fine-tune" in trained.stdout
+    assert "member 2/2 epoch   2/2 fine-tune" in trained.stdout
     assert "ensemble: val ROC AUC" in trained.stdout
     return json.loads(record.read_text())
 
