@@ -320,8 +320,7 @@ def _judged(
     else:
         passed = lower > judge.margin
         detail = f"{measured}; superiority: the bound must be above {judge.margin:+.3f}"
-    explanation = "" if passed else _comparison_in_words(plain, difference, lower, judge)
-    return Reason(rule, passed, detail, explanation)
+    return _reason(rule, passed, detail, _comparison_in_words(plain, difference, lower, judge))
 
 
 def _reason(rule: str, passed: bool, detail: str, explanation: str) -> Reason:

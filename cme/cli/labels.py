@@ -20,7 +20,7 @@ from cme.cli.common import (
     opened_app,
     progress,
 )
-from registry.labels.domain import METADATA_COLUMNS, ImportSummary
+from registry.labels.domain import METADATA_COLUMNS
 
 app = typer.Typer(help="Register labelled images, correct labels, read the registry.")
 
@@ -68,7 +68,7 @@ def import_metadata(
                 images,
                 steward=cme.steward(steward),
                 batch_size=intake.batch_size,
-                on_batch=lambda done: advance(done.rows, _import_counts(done)),
+                on_batch=lambda done: advance(done.rows, f"rows: {done.outcome_counts()}"),
             )
     typer.echo(f"{summary.source}: {summary.counts_line()}")
     for reason_kind, count in sorted(summary.reasons.items(), key=lambda item: -item[1]):
@@ -82,11 +82,6 @@ def import_metadata(
     if summary.quarantined > 10:
         typer.echo(f"  ... see `cme labels quarantine` for all {summary.quarantined}", err=True)
     raise typer.Exit(summary.exit_code)
-
-
-def _import_counts(done: ImportSummary) -> str:
-    counts = (done.registered, done.unchanged, done.quarantined)
-    return "rows: {} registered, {} unchanged, {} quarantined".format(*counts)
 
 
 @app.command("add")

@@ -138,9 +138,12 @@ class ImportSummary:
         return 1 if self.quarantined else 0
 
     def counts_line(self) -> str:
+        return f"{self.rows} rows: {self.outcome_counts()}"
+
+    def outcome_counts(self) -> str:
         return (
-            f"{self.rows} rows: {self.registered} registered, "
-            f"{self.unchanged} unchanged, {self.quarantined} quarantined"
+            f"{self.registered} registered, {self.unchanged} unchanged, "
+            f"{self.quarantined} quarantined"
         )
 
 
