@@ -8,7 +8,7 @@ the audit trail (`registry.promotion`); this module moves aliases and reads and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -170,6 +170,40 @@ class ModelRegistry:
         with _translated(self.model_name, version):
             for key, value in tags.items():
                 self._client.set_model_version_tag(self.model_name, version, key, _tag_value(value))
+
+    def subscribe(self, name: str, url: str, events: Sequence[str], secret: str) -> str:
+        """Have the MLflow server deliver `events` to `url`, signed with `secret`, under the
+        webhook `name`: created, or updated in place when a webhook of that name exists (so
+        running it again changes nothing but what was asked). Says which it did. Webhooks
+        are the server's, not the model's: the receiver filters by model name."""
+        wanted: list[Any] = list(events)  # MLflow's client takes the event names as they are
+        with _translated(self.model_name):
+            existing = next((hook for hook in self._webhooks() if hook.name == name), None)
+            if existing is None:
+                self._client.create_webhook(name, url, wanted, secret=secret,
+                                            status="ACTIVE")  # fmt: skip
+                return "created"
+            self._client.update_webhook(existing.webhook_id, url=url, events=wanted,
+                                        secret=secret, status="ACTIVE")  # fmt: skip
+            return "updated"
+
+    def unsubscribe(self, name: str) -> bool:
+        """Delete the webhook `name`; False when there was none."""
+        with _translated(self.model_name):
+            found = [hook for hook in self._webhooks() if hook.name == name]
+            for hook in found:
+                self._client.delete_webhook(hook.webhook_id)
+            return bool(found)
+
+    def _webhooks(self) -> list[Any]:
+        hooks: list[Any] = []
+        token: str | None = None
+        while True:
+            page = self._client.list_webhooks(max_results=100, page_token=token)
+            hooks.extend(page)
+            token = page.token
+            if not token:
+                return hooks
 
     def _exists(self) -> bool:
         from mlflow.exceptions import MlflowException

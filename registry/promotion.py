@@ -160,19 +160,21 @@ class ChampionLifecycle:
     def approve(self, version: str, reviewer: str) -> Outcome:
         """A reviewer's approval from the terminal; the version is then promoted."""
         self._decision_allowing_review(version)
-        self.models.set_tags(version, {APPROVAL: APPROVED, REVIEWER: reviewer})
+        # Recorded before the tags are set: a webhook receiver told of the tags then finds the
+        # review done, and does not record it a second time as one made in the MLflow UI.
         self._record("approval", reviewer, version, f"approved by {reviewer}", {"via": "cme"})
+        self.models.set_tags(version, {APPROVAL: APPROVED, REVIEWER: reviewer})
         return self.promote(version, reviewer)
 
     def reject(self, version: str, reviewer: str, reason: str) -> Outcome:
         self._decision_allowing_review(version)
         if version == self.expected_champion():
             raise PromotionRefused(f"version {version} is the champion: use `cme rollback`")
+        event = self._record(  # before the tags, as in `approve`
+            "rejection", reviewer, version, f"rejected by {reviewer}: {reason}", {"via": "cme"}
+        )
         self.models.set_tags(
             version, {APPROVAL: REJECTED, REVIEWER: reviewer, "rejection_reason": reason}
-        )
-        event = self._record(
-            "rejection", reviewer, version, f"rejected by {reviewer}: {reason}", {"via": "cme"}
         )
         return Outcome(f"version {version} rejected by {reviewer}", version, event)
 
@@ -186,7 +188,12 @@ class ChampionLifecycle:
         if corrected is not None:
             outcomes.append(corrected)
         for version in self.pending_approval():
-            if version.approval == APPROVED:
+            if version.approval == APPROVED and not version.reviewer:
+                # Not recorded yet: the reviewer may be typing the `reviewer` tag right now.
+                message = (f"version {version.version} is approved but names no reviewer: "
+                           "set the tag reviewer to the reviewer's name")  # fmt: skip
+                outcomes.append(Outcome(message, version.version))
+            elif version.approval == APPROVED:
                 self._record_ui_review(version, "approval")
                 outcomes.append(self._promote_or_explain(version.version, actor))
             elif version.approval == REJECTED:

@@ -25,6 +25,17 @@ import pytest
 START_TIMEOUT_S = 90.0
 MLFLOW_ENTRYPOINT = Path(__file__).resolve().parents[1] / "docker" / "mlflow" / "serve.sh"
 STOP_GRACE_S = 10.0
+WEBHOOK_DELIVERY = {
+    # As docker/compose.yaml runs it: webhooks to the receiver on a private address, over
+    # plain HTTP inside the host, their secrets stored encrypted with a key of the server's.
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    # A Fernet key (32 bytes, URL-safe base64), for tests only.
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "Y21lLXRlc3Qtb25seS13ZWJob29rLXNlY3JldC1rZXk=",
+    # Tests register a webhook and act at once: the server's list of webhooks, cached per
+    # event for 60 s by default, is read again each second.
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,7 @@ def start_mlflow_server(
     # import MLflow alongside the server, slowing its start, and leave stores in /dev/shm.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    env |= WEBHOOK_DELIVERY
     if basic_auth_admin_password is not None:  # the production entrypoint, on SQLite here
         command = ["sh", str(MLFLOW_ENTRYPOINT)]
         env |= {

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from registry.labels.service import utc_now
 from registry.prediction_log import PredictionRecord
+from usecases.http_server import body_within
 from usecases.serving import (
     DEFAULT_MAX_REQUEST_BYTES,
     SERVE_SOURCE,
@@ -27,7 +28,6 @@ from usecases.serving import (
 )
 
 TOO_LARGE = "REQUEST_LIMIT_EXCEEDED"
-DRAIN_LIMITS = 4
 EMPTY_BODY = (
     'empty request body: send {"dataframe_split": {"columns": ["image"], '
     '"data": [["<base64 JPEG>"]]}}'
@@ -98,7 +98,7 @@ def scoring_app(
 
     @app.post("/invocations")
     async def invocations_endpoint(request: Request) -> Any:
-        body, size = await _body_within(request, max_request_bytes)
+        body, size = await body_within(request, max_request_bytes)
         if size > max_request_bytes:
             return _too_large(size, max_request_bytes)
         if not body.strip():
@@ -120,23 +120,6 @@ def scoring_app(
         return Response(result.response, status_code=result.status, media_type=result.mimetype)
 
     return app
-
-
-async def _body_within(request: Request, limit: int) -> tuple[bytes, int]:
-    """The body and its size. Past `limit` the rest is read and dropped, so that the client
-    gets its 413 rather than a connection reset mid-upload; past DRAIN_LIMITS x `limit` the
-    server stops reading (the client may then see the reset)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > DRAIN_LIMITS * limit:
-        return b"", int(declared)
-    kept, size = bytearray(), 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            kept += chunk
-        elif size > DRAIN_LIMITS * limit:
-            break
-    return bytes(kept), size
 
 
 def _refused(status: int, code: str, message: str) -> Response:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from pipelines.errors import Refused
 from registry.labels.service import utc_now
 from registry.models import CHAMPION, ModelRegistry
 from registry.prediction_log import PredictionRecord
+from usecases.http_server import exit_cleanly_on_sigterm
 from usecases.platform import Platform
 
 if TYPE_CHECKING:
@@ -377,9 +377,7 @@ def serve(
 
     from usecases.scoring_api import scoring_app
 
-    # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler it
-    # found: this one turns it into an orderly exit, so the `finally` below still runs.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_cleanly_on_sigterm()  # so that the `finally` below still runs
     source = model_source(platform, options.model_uri, options.alias, options.poll_seconds)
     source.start()
     log = PredictionLog(platform.prediction_log()) if options.log_predictions else None
@@ -397,10 +395,6 @@ def serve(
             log.close()
             announce(f"predictions logged: {log.written}, not logged: {log.lost}")
         source.stop()
-
-
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
 
 
 def _serving_line(platform: Platform, options: ServeOptions, served: ServedModel) -> str:

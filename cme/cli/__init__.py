@@ -6,7 +6,18 @@ import sys
 
 import typer
 
-from cme.cli import access, data, dataset, db, flows, labels, models, serving, training
+from cme.cli import (
+    access,
+    data,
+    dataset,
+    db,
+    flows,
+    labels,
+    models,
+    serving,
+    training,
+    webhooks,
+)
 from cme.cli.common import fail, run_app_command
 
 app = typer.Typer(
@@ -20,6 +31,7 @@ app = typer.Typer(
 app.add_typer(labels.app, name="labels")
 app.add_typer(db.app, name="db")
 app.add_typer(access.app, name="access")
+app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(dataset.snapshot_app, name="snapshot")
 app.command("export")(dataset.export)
 app.command("validate")(dataset.validate)

@@ -1,29 +1,32 @@
-"""A reviewer approves the challenger in the real MLflow UI: the version's tags, set by a
-click in Chromium, are what the REST API (and so `cme promote`) reads back."""
+"""A reviewer approves the challenger in the real MLflow UI, and it serves: the version's
+tags, set by clicks in Chromium, reach `cme webhooks serve` as MLflow's signed webhooks, which
+promote it at once; the page, reloaded, shows it as the champion with its history."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from PIL import Image
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
-from registry.audit_trail import AuditTrailRepository
-from registry.models import ModelRegistry
-from registry.promotion import ChampionLifecycle, GateRecord
 from tests.browser.mlflow_ui import (
+    UI_TIMEOUT_MS,
     chromium_page,  # noqa: F401 (fixture)
+    open_version_page,
     requires_chromium,
     set_version_tags_in_ui,
     version_page_screenshot,
 )
-from tests.mlflow_server import MlflowServer  # the `mlflow_server` fixture: tests/conftest.py
+from tests.webhook_support import (
+    WebhookInstallation,
+    challenger_awaiting_review,
+    champion_of,
+    eventually,
+    webhook_installation,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, requires_chromium]
 
@@ -37,82 +40,47 @@ def artifacts_dir() -> Path:
     return Path(configured) if configured else ROOT / ".cme" / "test-artifacts"
 
 
-def challenger_awaiting_review(lifecycle: ChampionLifecycle, client: MlflowClient) -> str:
-    """A challenger registered the way `cme evaluate` registers one that passed the gate
-    (a tiny logged artifact stands in for the model): alias challenger, approval=pending,
-    its decision in the audit trail."""
-    experiment_id = client.create_experiment(f"ui-approval-{lifecycle.model_name}")
-    run = client.create_run(experiment_id, run_name="challenger")
-    client.log_text(run.info.run_id, "a stand-in for the trained model\n", "model/README.txt")
-    client.set_terminated(run.info.run_id)
-    record = GateRecord(
-        model_uri=f"{run.info.artifact_uri}/model",
-        run_id=run.info.run_id,
-        promote=True,
-        needs_approval=True,
-        summary="every rule passed",
-        tags={"test_f1": "0.612", "test_roc_auc": "0.881"},
-        evidence={"run_id": run.info.run_id},
-    )
-    outcome = lifecycle.register_challenger(record, "pipeline")
-    assert outcome.version is not None
-    return outcome.version
+@pytest.fixture
+def installation(tmp_path: Path) -> Iterator[WebhookInstallation]:
+    with webhook_installation(tmp_path) as installed:
+        yield installed
 
 
-def cme(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cme", *args], env={**os.environ, **env},
-                          cwd=cwd, capture_output=True, text=True, timeout=120)  # fmt: skip
-
-
-def test_reviewer_approves_the_challenger_in_the_mlflow_ui(
-    mlflow_server: MlflowServer,
+def test_reviewer_approves_in_the_mlflow_ui_and_the_version_serves_at_once(
+    installation: WebhookInstallation,
     chromium_page: Page,  # noqa: F811
-    tmp_path: Path,
 ) -> None:
-    # The server is shared by the session's tests: a model name of this test's own.
-    model_name = f"melanoma-resnet50-{uuid.uuid4().hex[:8]}"
-    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
-    audit_url = f"sqlite:///{tmp_path / 'labels.db'}"
-    trail = AuditTrailRepository.open(audit_url, migrate=True)
-    lifecycle = ChampionLifecycle(ModelRegistry(client, model_name), trail)
-    version = challenger_awaiting_review(lifecycle, client)
+    lifecycle, url, name = installation.lifecycle, installation.server.url, installation.model_name
+    version = challenger_awaiting_review(lifecycle, installation.client)
 
-    set_version_tags_in_ui(
-        chromium_page,
-        mlflow_server.url,
-        model_name,
-        version,
-        {"approval": "approved", "reviewer": "dr-test"},
+    set_version_tags_in_ui(chromium_page, url, name, version,
+                           {"reviewer": "dr-test", "approval": "approved"})  # fmt: skip
+
+    # No `cme promote`: the webhooks of the two edits reach the receiver, which promotes.
+    assert eventually(lambda: champion_of(installation) == version), (
+        installation.receiver_log.read_text()
     )
+    actions = [(e.action, e.actor) for e in lifecycle.trail.events(name)]
+    assert actions == [
+        ("decision", "pipeline"), ("approval", "dr-test"), ("promotion", "mlflow-webhook"),
+    ]  # fmt: skip
 
-    approved = client.get_model_version(model_name, version)
-    assert approved.tags["approval"] == "approved"
-    assert approved.tags["reviewer"] == "dr-test"
-    assert approved.tags["decision"] == "promote"
-    assert client.get_model_version_by_alias(model_name, "challenger").version == version
+    # What the reviewer sees on reloading the page: the version serves, and says since when.
+    chromium_page.reload()
+    open_version_page(chromium_page, url, name, version)
+    aliases = chromium_page.get_by_role("status")
+    expect(aliases.filter(has_text="@ champion")).to_have_count(1, timeout=UI_TIMEOUT_MS)
+    expect(aliases.filter(has_text="@ challenger")).to_have_count(0)
+    page_text = chromium_page.locator("body")
+    expect(page_text).to_contain_text("approval by dr-test", timeout=UI_TIMEOUT_MS)
+    expect(page_text).to_contain_text("promotion by mlflow-webhook", timeout=UI_TIMEOUT_MS)
 
-    # What the reviewer saw once approved, kept for people to look at (CI keeps the folder).
+    # Kept for people to look at (CI keeps the folder).
     screenshot = artifacts_dir() / "mlflow-version-approved.png"
     screenshot.unlink(missing_ok=True)
-    version_page_screenshot(chromium_page, mlflow_server.url, model_name, version, screenshot)
+    version_page_screenshot(chromium_page, url, name, version, screenshot)
     assert screenshot.read_bytes()[:8] == PNG_SIGNATURE
-    assert screenshot.stat().st_size > 10_000
-    with Image.open(screenshot) as image:
-        image.verify()
     with Image.open(screenshot) as image:
         assert image.format == "PNG"
         assert image.width >= 1000
         assert image.height >= 600
-
-    # The promotion flow's step, as a process: it reads the approval the UI left.
-    env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "CME_MODEL_NAME": model_name,
-           "CME_DATABASE_URL": audit_url, "CME_HOME": str(tmp_path / "home")}  # fmt: skip
-    promoted = cme("promote", "--by", "promotion-flow", env=env, cwd=tmp_path)
-    assert promoted.returncode == 0, promoted.stderr
-    assert f"version {version} is now the champion (was none)" in promoted.stdout
-    assert client.get_model_version_by_alias(model_name, "champion").version == version
-    trail_actions = [(e.action, e.actor) for e in trail.events(model_name)]
-    assert trail_actions == [
-        ("decision", "pipeline"), ("approval", "dr-test"), ("promotion", "promotion-flow"),
-    ]  # fmt: skip
-    trail.close()

@@ -90,6 +90,24 @@ def test_first_model_waits_for_the_reviewer_then_serves(lifecycle, mlflow_server
     assert lifecycle.status().pending_approval == ()
 
 
+def test_an_approval_naming_no_reviewer_waits_for_the_reviewer_tag(lifecycle, mlflow_server):
+    """Reviewers set the two tags one at a time, in either order; a run in between (the
+    webhook receiver's, told of the first tag) must neither promote nor use up the review."""
+    lifecycle.register_challenger(gate_record(mlflow_server), "pipeline")
+    lifecycle.models.set_tags("1", {"approval": "approved"})
+    waiting = lifecycle.finalize("mlflow-webhook")
+    assert [o.message for o in waiting] == [
+        "version 1 is approved but names no reviewer: set the tag reviewer to the reviewer's name"
+    ]
+    assert actions(lifecycle) == [("decision", "1")]
+    assert CHAMPION not in aliases(lifecycle)
+
+    lifecycle.models.set_tags("1", {"reviewer": "dr-ruiz"})
+    promoted = lifecycle.finalize("mlflow-webhook")
+    assert [o.message for o in promoted] == ["version 1 is now the champion (was none)"]
+    assert actions(lifecycle) == [("decision", "1"), ("approval", "1"), ("promotion", "1")]
+
+
 def test_gate_rejection_cannot_be_approved(lifecycle, mlflow_server):
     lifecycle.register_challenger(gate_record(mlflow_server, needs_approval=False), "pipeline")
     assert aliases(lifecycle) == {CHAMPION: "1"}  # promoted at once: no approval asked
