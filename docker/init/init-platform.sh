@@ -7,6 +7,7 @@
 #      the workers connect as a user that has no DDL rights)
 #   2. who may change the model registry (MLflow basic auth): roles and service accounts
 #   3. the Prefect work pools (cpu, gpu) and the deployments of prefect.yaml
+#   4. MLflow's registry webhook to the receiver (as MLflow's admin: its webhook API is his)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -16,3 +17,7 @@ echo "== model registry access"
 cme access init
 echo "== work pools and deployments"
 cme deploy
+echo "== registry webhook"
+MLFLOW_TRACKING_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME:-admin}" \
+    MLFLOW_TRACKING_PASSWORD="$MLFLOW_AUTH_ADMIN_PASSWORD" \
+    cme webhooks register "$CME_WEBHOOK_URL"

@@ -18,13 +18,14 @@ from pydantic import AliasChoices
 
 from cme.settings import Settings
 from usecases.registry_access import AccessSettings
+from usecases.review_webhooks import WebhookSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 ONE_SHOT = {"buckets", "init"}
-RUNS_CME = {"init", "worker-cpu", "worker-gpu", "scoring"}
+RUNS_CME = {"init", "worker-cpu", "worker-gpu", "scoring", "webhooks"}
 SECRET = re.compile(r"PASSWORD|SECRET|AUTH_STRING")
 
 
@@ -66,7 +67,7 @@ def env_names(settings: type[Any]) -> set[str]:
 def test_the_platform_is_all_there():
     assert set(SERVICES) == {
         "postgres", "minio", "buckets", "mlflow", "prefect", "init",
-        "worker-cpu", "worker-gpu", "scoring",
+        "worker-cpu", "worker-gpu", "scoring", "webhooks",
     }  # fmt: skip
     assert set(COMPOSE["volumes"]) >= {
         volume.split(":")[0]
@@ -110,7 +111,7 @@ def test_services_start_in_order():
 
     assert waits_for("init") == {"postgres": "service_healthy", "mlflow": "service_healthy",
                                  "prefect": "service_healthy"}  # fmt: skip
-    for name in ("worker-cpu", "worker-gpu", "scoring"):
+    for name in ("worker-cpu", "worker-gpu", "scoring", "webhooks"):
         assert waits_for(name) == {"init": "service_completed_successfully"}
     assert waits_for("mlflow")["buckets"] == "service_completed_successfully"
 
@@ -179,6 +180,25 @@ def test_every_setting_the_code_reads_is_set_for_every_service_that_runs_it():
         assert not missing, f"{name} does not set {sorted(missing)}"
     missing = env_names(AccessSettings) - set(SERVICES["init"]["environment"])
     assert not missing, f"init does not set {sorted(missing)}"
+    for name in ("init", "webhooks"):  # registers the webhook, receives its deliveries
+        missing = env_names(WebhookSettings) - set(SERVICES[name]["environment"])
+        assert not missing, f"{name} does not set {sorted(missing)}"
+
+
+def test_mlflow_delivers_its_webhooks_to_the_receiver_the_init_registered():
+    environment = SERVICES["mlflow"]["environment"]
+    assert environment["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] == "true"  # the compose network
+    assert "http" in environment["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"].split(",")
+    assert environment["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"].startswith(
+        "${MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY:?"
+    )  # the same key across restarts, or the stored secret cannot be read back
+    (command,) = [SERVICES["webhooks"]["command"]]
+    port = command[command.index("--port") + 1]
+    url = SERVICES["init"]["environment"]["CME_WEBHOOK_URL"]
+    assert url == f"http://webhooks:{port}/mlflow-webhook"
+    script = (DOCKER / "init" / "init-platform.sh").read_text()
+    assert 'cme webhooks register "$CME_WEBHOOK_URL"' in script
+    assert 'MLFLOW_TRACKING_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME' in script
 
 
 def test_only_the_workers_hold_storage_keys_and_only_their_own():
