@@ -18,9 +18,9 @@ from cme.cli import (
     training,
     webhooks,
 )
-from cme.cli.common import fail, run_app_command
+from cme.cli.common import command_group, fail, run_app_command
 
-app = typer.Typer(
+app = command_group(
     name="cme",
     help="Continual retraining of a melanoma classifier (label registry, validation, training, "
     "champion/challenger gate).",

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cme.cli.common import EXIT_REFUSED, EXIT_UNAVAILABLE, fail
+from cme.cli.common import EXIT_REFUSED, EXIT_UNAVAILABLE, command_group, fail
 
 if TYPE_CHECKING:
     from usecases.registry_access import AccessSettings
 
-app = typer.Typer(help="Accounts and roles on an MLflow server run with --app-name basic-auth.")
+app = command_group("Accounts and roles on an MLflow server run with --app-name basic-auth.")
 
 
 @app.command("init")

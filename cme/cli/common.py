@@ -38,6 +38,12 @@ OVERRIDES = typer.Option(
 STEWARD = typer.Option(None, "--steward", help="Who does this; default $CME_STEWARD, $USER.")
 
 
+def command_group(help: str, **settings: Any) -> typer.Typer:
+    """A Typer app whose help reads as Markdown: a docstring's paragraph is rewrapped to the
+    terminal's width instead of keeping the source's line breaks."""
+    return typer.Typer(help=help, rich_markup_mode="markdown", **settings)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)

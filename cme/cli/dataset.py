@@ -8,10 +8,18 @@ from pathlib import Path
 
 import typer
 
-from cme.cli.common import OVERRIDES, STEWARD, OutputFormat, emit, fail, opened_app
+from cme.cli.common import (
+    OVERRIDES,
+    STEWARD,
+    OutputFormat,
+    command_group,
+    emit,
+    fail,
+    opened_app,
+)
 
-snapshot_app = typer.Typer(
-    help="Freeze the current labels as a DVC-versioned snapshot (default), list, restore.",
+snapshot_app = command_group(
+    "Freeze the current labels as a DVC-versioned snapshot (default), list, restore.",
     invoke_without_command=True,
 )
 

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cme.cli.common import fail
+from cme.cli.common import command_group, fail
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-app = typer.Typer(help="Label registry database schema (Alembic migrations).")
+app = command_group("Label registry database schema (Alembic migrations).")
 
 
 @app.command("upgrade")

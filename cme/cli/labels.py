@@ -14,6 +14,7 @@ from cme.cli.common import (
     OVERRIDES,
     STEWARD,
     OutputFormat,
+    command_group,
     data_rows,
     emit,
     fail,
@@ -22,7 +23,7 @@ from cme.cli.common import (
 )
 from registry.labels.domain import METADATA_COLUMNS
 
-app = typer.Typer(help="Register labelled images, correct labels, read the registry.")
+app = command_group("Register labelled images, correct labels, read the registry.")
 
 TABLE_COLUMNS = ("image_id", "lesion_id", *METADATA_COLUMNS[2:], "confirmed_at")
 LABEL_COLUMNS = (

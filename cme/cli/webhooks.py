@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cme.cli.common import fail, opened_app
+from cme.cli.common import command_group, fail, opened_app
 
 if TYPE_CHECKING:
     from usecases.review_webhooks import WebhookSettings
 
-app = typer.Typer(
-    help="Receive MLflow's registry webhooks: a reviewer's approval promotes at once, and a "
+app = command_group(
+    "Receive MLflow's registry webhooks: a reviewer's approval promotes at once, and a "
     "hand-moved champion alias is put back at once."
 )
 
