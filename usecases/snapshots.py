@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -179,14 +179,26 @@ def validate(
     return report
 
 
+SNAPSHOT_STEPS = 4
+"""Reading the labels, writing the folder, versioning with DVC, recording: `on_step`'s total."""
+
+
 def take_snapshot(
-    platform: Platform, params: Params, *, steward: str, manifest: pd.DataFrame | None = None
+    platform: Platform,
+    params: Params,
+    *,
+    steward: str,
+    manifest: pd.DataFrame | None = None,
+    on_step: Callable[[int, str], None] | None = None,
 ) -> SnapshotOutcome:
     """Freeze `manifest` (default: the current labels) under data/snapshots/<id>/, version
     the data folder with DVC, and record the snapshot with its hash and locked splits. An
-    unchanged manifest returns the latest snapshot instead of a copy of it."""
+    unchanged manifest returns the latest snapshot instead of a copy of it. `on_step` hears
+    of each of the SNAPSHOT_STEPS as it begins (its number from 0, and what it does)."""
+    step = on_step or (lambda done, doing: None)
     registry = platform.label_registry()
     with _snapshot_lock(platform):
+        step(0, "reading the labels")
         records = registry.snapshots()
         _remove_unrecorded_snapshot_folders(platform, {record.snapshot_id for record in records})
         frozen = manifest if manifest is not None else current_manifest(platform, params)
@@ -199,9 +211,14 @@ def take_snapshot(
                 latest, False, drift, platform.workspace.snapshots_dir / latest.snapshot_id
             )
         record = _new_record(frozen, digest, params, steward, previous)
+        step(1, f"writing the snapshot folder ({len(frozen):,} images)")
         folder = _write_snapshot_folder(platform, record, frozen, drift)
+        files = sum(len(names) for _, _, names in os.walk(platform.workspace.data_dir))
+        step(2, f"versioning data/ with DVC ({files:,} files: hashing, caching, pushing)")
         record = replace(record, dvc_hash=_versioning(platform).commit())
+        step(3, "recording the snapshot and its lesion splits")
         registry.record_snapshot(record, lesion_splits(frozen))
+        step(SNAPSHOT_STEPS, f"snapshot {record.snapshot_id}")
     return SnapshotOutcome(record, True, drift, folder)
 
 

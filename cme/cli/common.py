@@ -5,16 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import typer
 
 from cme.bootstrap import App, bootstrap
 from pipelines import errors
+from pipelines.durations import duration
 
 T = TypeVar("T")
 
@@ -110,35 +112,71 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+class Advance(Protocol):
+    def __call__(self, done: int, detail: str, total: int | None = None) -> None: ...
+
+
 @contextmanager
-def progress(what: str, total: int | None) -> Iterator[Callable[[int, str], None]]:
-    """Report `done` of `total` as work goes: a bar on a terminal, else a plain line each
-    time (flows, CI, a log file). Yields `advance(done, detail)`."""
+def progress(
+    what: str,
+    total: int | None,
+    unit: str = "",
+    *,
+    time_left: bool = True,
+    plain_lines: bool = True,
+) -> Iterator[Advance]:
+    """Report `done` of `total` `unit` as work goes: a bar on a terminal, else a plain line
+    each time (flows, CI, a log file; none with `plain_lines=False`, for work that prints
+    its own), with the time left at the pace so far unless the units are too uneven for
+    that (`time_left=False`). Yields `advance(done, detail, total=None)`; a total given
+    there replaces the one known at the start."""
     if not sys.stderr.isatty():
-
-        def line(done: int, detail: str) -> None:
-            of = f" of {total}" if total is not None else ""
-            typer.echo(f"{what}: {done}{of} {detail}".rstrip(), err=True)
-
-        yield line
+        yield _plain_progress(what, total, unit, time_left) if plain_lines else _quiet
         return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         TextColumn,
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[detail]}"))  # fmt: skip
+    columns: list[ProgressColumn] = [
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+    ]  # fmt: skip
+    if time_left:
+        columns.append(TimeRemainingColumn())
+    columns.append(TextColumn("{task.fields[detail]}"))
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task(what, total=total, detail="")
 
-        def advance(done: int, detail: str) -> None:
-            bar.update(task, completed=done, detail=detail)
+        def advance(done: int, detail: str, total: int | None = None) -> None:
+            bar.update(task, completed=done, detail=detail, total=total)
 
         yield advance
+
+
+def _quiet(done: int, detail: str, total: int | None = None) -> None:
+    return None
+
+
+def _plain_progress(what: str, total: int | None, unit: str, time_left: bool) -> Advance:
+    started = time.monotonic()
+    planned = total
+
+    def line(done: int, detail: str, total: int | None = None) -> None:
+        nonlocal planned
+        planned = total if total is not None else planned
+        total = planned
+        of = f" of {total}" if total is not None else ""
+        counted = f"{done}{of} {unit}".rstrip()
+        if time_left and total and 0 < done < total:
+            left = (time.monotonic() - started) / done * (total - done)
+            counted += f" (about {duration(left)} left)"
+        typer.echo(f"{what}: {counted}{': ' + detail if detail else ''}", err=True)
+
+    return line
 
 
 def data_rows(csv_file: Path) -> int | None:

@@ -16,6 +16,7 @@ from cme.cli.common import (
     emit,
     fail,
     opened_app,
+    progress,
 )
 
 snapshot_app = command_group(
@@ -91,11 +92,14 @@ def snapshot(
     from pipelines.dataset.manifest import read_manifest
     from usecases import snapshots
 
-    with opened_app() as cme:
+    with (
+        opened_app() as cme,
+        progress("snapshot", snapshots.SNAPSHOT_STEPS, "steps", time_left=False) as step,
+    ):
         params = cme.params(overrides)
         manifest = read_manifest(manifest_file) if manifest_file else None
         outcome = snapshots.take_snapshot(
-            cme, params, steward=cme.steward(steward), manifest=manifest
+            cme, params, steward=cme.steward(steward), manifest=manifest, on_step=step
         )
     record = outcome.record
     if record_file is not None:

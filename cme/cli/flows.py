@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from cme.cli.common import EXIT_REFUSED, OVERRIDES, STEWARD, fail
+from cme.cli.common import EXIT_REFUSED, OVERRIDES, STEWARD, fail, progress
 from cme.orchestration import PREFECT_FILE
 from cme.settings import Settings
 
@@ -173,13 +173,15 @@ def backtest(
     try:
         params = app.params(overrides)
         replayed = []
-        for number, batch in enumerate(batches, start=1):
-            retrain = partial(
-                _weekly_retrain_state, overrides if number == 1 else [*overrides, *later]
-            )
-            week = replay.replay_week(app, params, number, batch, data / "images", retrain)
-            typer.echo(f"week {number}: {len(batch)} labels arrived; " + _week_line(week))
-            replayed.append(week)
+        with progress("backtest", len(batches), "weeks") as advance:
+            for number, batch in enumerate(batches, start=1):
+                retrain = partial(
+                    _weekly_retrain_state, overrides if number == 1 else [*overrides, *later]
+                )
+                week = replay.replay_week(app, params, number, batch, data / "images", retrain)
+                typer.echo(f"week {number}: {len(batch)} labels arrived; " + _week_line(week))
+                replayed.append(week)
+                advance(number, f"champion {replayed[-1].champion or 'none'}")
         champions = {week.champion for week in replayed if week.champion}
         scored, test_images = replay.score_champions(app, champions)
     finally:

@@ -63,13 +63,13 @@ def import_metadata(
     with opened_app() as cme:
         intake = cme.params(overrides).intake
         registry = cme.label_registry(intake.rules())
-        with progress(f"importing {metadata.name}", data_rows(metadata)) as advance:
+        with progress(f"importing {metadata.name}", data_rows(metadata), "rows") as advance:
             summary = registry.import_metadata(
                 metadata,
                 images,
                 steward=cme.steward(steward),
                 batch_size=intake.batch_size,
-                on_batch=lambda done: advance(done.rows, f"rows: {done.outcome_counts()}"),
+                on_batch=lambda done: advance(done.rows, done.outcome_counts()),
             )
     typer.echo(f"{summary.source}: {summary.counts_line()}")
     for reason_kind, count in sorted(summary.reasons.items(), key=lambda item: -item[1]):

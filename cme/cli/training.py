@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cme.cli.common import OVERRIDES, opened_app
+from cme.cli.common import OVERRIDES, Advance, opened_app, progress
+from pipelines.durations import duration
 
 if TYPE_CHECKING:
     from pipelines.training.fit import EpochRecord, TrainResult
@@ -27,9 +29,10 @@ def train(
     run id. E.g. `cme train -S train.weights=none -S train.unfreeze_from=all`."""
     from usecases.challenger_training import train as train_challenger
 
-    with opened_app() as cme:
+    bar = progress("training", None, "epochs", time_left=False, plain_lines=False)
+    with opened_app() as cme, bar as advance:
         outcome = train_challenger(
-            cme, cme.params(overrides), snapshot_id=snapshot, on_epoch=_print_epoch
+            cme, cme.params(overrides), snapshot_id=snapshot, on_epoch=partial(_shown, advance)
         )
     result = outcome.result
     record = {
@@ -69,5 +72,13 @@ def _chosen(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _print_epoch(record: EpochRecord) -> None:
+def _shown(advance: Advance, record: EpochRecord) -> None:
+    """The epoch's line, and on a terminal the bar below the lines: epochs done of those
+    planned (every member's), the latest validation ROC AUC and the time left at most."""
     typer.echo(record.line())
+    planned = record.planned * record.members or None
+    done = (record.member - 1) * record.planned + record.epoch
+    detail = f"val ROC AUC {record.metrics['val_auc']:.3f}" if "val_auc" in record.metrics else ""
+    if record.seconds_left is not None:
+        detail += f", at most {duration(record.seconds_left)} left"
+    advance(done, detail.lstrip(", "), total=planned)

@@ -29,6 +29,7 @@ from pipelines.dataset.tfdata import (
     labelled_files,
     training_batches,
 )
+from pipelines.durations import duration
 from pipelines.training.config import TrainConfig, TrainingDataError
 from pipelines.training.model import (
     CLASSIFIER_NAME,
@@ -73,19 +74,12 @@ class EpochRecord:
         member = f"member {self.member}/{self.members} " if self.members > 1 else ""
         of = f"/{self.planned}" if self.planned else ""
         left = (
-            f", at most {_duration(self.seconds_left)} left"
-            if self.seconds_left is not None
-            else ""
+            f", at most {duration(self.seconds_left)} left" if self.seconds_left is not None else ""
         )
         return (
             f"{member}epoch {self.epoch:>3}{of} {self.phase:<9} {values}  "
             f"({self.seconds:.1f} s{left})"
         )
-
-
-def _duration(seconds: float) -> str:
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,10 @@ def test_dvc_repro_runs_the_dataset_stages_on_the_embedded_defaults(project):
     report = json.loads((project / ".cme" / "pipeline" / "validation.json").read_text())
     assert report["success"] is True
     assert record["dvc_hash"].endswith(".dir") and record["images"] > 0
+    # Off a terminal, the snapshot says each step as it begins (the DVC step names the files).
+    steps = [line for line in result.stderr.splitlines() if line.startswith("snapshot: ")]
+    assert [line.split(": ")[1] for line in steps] == [f"{n} of 4 steps" for n in range(5)]
+    assert re.search(r"versioning data/ with DVC \(\d+ files", steps[2]), steps[2]
     listed = run("cme", "snapshot", "list", "--format", "json", cwd=project)
     assert [s["snapshot_id"] for s in json.loads(listed.stdout)] == [record["snapshot_id"]]
     assert record["dvc_hash"] in (project / "data.dvc").read_text()
