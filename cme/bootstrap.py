@@ -21,6 +21,7 @@ from registry.models import ModelRegistry
 from registry.prediction_log import PredictionLogRepository
 from registry.promotion import ChampionLifecycle
 from registry.run_leases import RunLeaseRepository
+from registry.screening_log import ScreeningLogRepository
 from usecases.params import Params, load_params
 from usecases.platform import Workspace
 
@@ -35,6 +36,7 @@ class App:
     _audit_trail: AuditTrailRepository | None = field(default=None, repr=False)
     _run_leases: RunLeaseRepository | None = field(default=None, repr=False)
     _prediction_log: PredictionLogRepository | None = field(default=None, repr=False)
+    _screening_log: ScreeningLogRepository | None = field(default=None, repr=False)
     _experiment_id: str | None = field(default=None, repr=False)
     _models: ModelRegistry | None = field(default=None, repr=False)
     _champions: ChampionLifecycle | None = field(default=None, repr=False)
@@ -90,6 +92,11 @@ class App:
             self._prediction_log = PredictionLogRepository(self._label_store())
         return self._prediction_log
 
+    def screening_log(self) -> ScreeningLogRepository:
+        if self._screening_log is None:
+            self._screening_log = ScreeningLogRepository(self._label_store())
+        return self._screening_log
+
     def _label_store(self) -> Database:
         """The label store's database, opened once for every repository over it (migrating
         an embedded SQLite store on first use)."""
@@ -131,7 +138,7 @@ class App:
             self._database.close()
             self._database = None
         self._label_registry = self._audit_trail = None
-        self._run_leases = self._prediction_log = None
+        self._run_leases = self._prediction_log = self._screening_log = None
         self._champions = None
 
 

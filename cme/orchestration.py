@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from cme.settings import Settings
@@ -27,6 +28,33 @@ def use_prefect(settings: Settings) -> None:
     for name, value in prefect_environment(settings).items():
         os.environ.setdefault(name, value)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def shared_prefect_server() -> Iterator[None]:
+    """For flows whose tasks run in other processes (Dask workers): without PREFECT_API_URL,
+    the temporary local server is started here and its URL exported, so that every process
+    reports to it instead of each starting a temporary server of its own."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)  # the run's last log lines and events, before
+        EventsWorker.drain_all(timeout=10)  # the server they go to stops
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
 
 
 def prefect_environment(settings: Settings) -> dict[str, str]:

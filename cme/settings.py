@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         description="Where stewards drop lab exports (a folder each: metadata.csv + images/); "
         "default $CME_HOME/inbox, with processed/ and failed/ beside the new ones.",
     )
+    dask_address: str | None = Field(
+        default=None,
+        description="Dask scheduler that `cme screen` spreads its batches over, e.g. "
+        "tcp://dask-scheduler:8786; unset: a local cluster of this machine's cores.",
+    )
     schedule_timezone: str = Field(
         default="UTC",
         description="Time zone of the deployments' schedules (weekly retrain Monday 02:00), "

@@ -66,9 +66,9 @@ class PredictionLogRepository(Repository):
         if not records:
             return 0
         for record in records:
-            _check_prediction(record)
+            check_prediction(record)
         with self.database.writing() as connection:
-            connection.execute(insert(PredictionRow), [_prediction_values(r) for r in records])
+            connection.execute(insert(PredictionRow), [prediction_values(r) for r in records])
         return len(records)
 
     def predictions(
@@ -138,7 +138,7 @@ def _of_model(query: Select[Any], model_name: str, since: datetime | None) -> Se
     return query.order_by(PredictionRow.predicted_at, PredictionRow.prediction_id)
 
 
-def _check_prediction(record: PredictionRecord) -> None:
+def check_prediction(record: PredictionRecord) -> None:
     """The same bounds on every backend (SQLite would keep an overlong name as it is)."""
     sha256 = record.image_sha256
     if len(sha256) != 64 or not _HEX.issuperset(sha256):
@@ -155,7 +155,7 @@ def _check_prediction(record: PredictionRecord) -> None:
             raise InvalidPrediction(f"a prediction's {name} lies in [0, 1], not {number}")
 
 
-def _prediction_values(record: PredictionRecord) -> dict[str, Any]:
+def prediction_values(record: PredictionRecord) -> dict[str, Any]:
     return {
         name: getattr(record, name)
         for name in PredictionRecord.__dataclass_fields__

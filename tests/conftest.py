@@ -41,6 +41,7 @@ SLOWEST_MODULES_FIRST = (
     "integration/test_demo.py",
     "integration/test_weekly_retrain.py",
     "integration/test_backtest_run.py",
+    "integration/test_batch_screening.py",
     "unit/test_classifier.py",
     "integration/test_evaluation_run.py",
     "integration/test_serving.py",
@@ -124,7 +125,7 @@ def _empty_postgres(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         tables = "audit_events, lesion_splits, snapshots, label_events, images, lesions, "
-        tables += "quarantine, run_leases, predictions"
+        tables += "quarantine, run_leases, predictions, screenings"
         connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     engine.dispose()
 

@@ -14,6 +14,7 @@ from registry.models import ModelRegistry
 from registry.prediction_log import PredictionLogRepository
 from registry.promotion import ChampionLifecycle
 from registry.run_leases import RunLeaseRepository
+from registry.screening_log import ScreeningLogRepository
 
 
 class TrackingUnavailable(Unavailable):
@@ -64,6 +65,10 @@ class Platform(Protocol):
 
     def prediction_log(self) -> PredictionLogRepository:
         """Every logged prediction, and its match with a label that arrived later."""
+        ...
+
+    def screening_log(self) -> ScreeningLogRepository:
+        """The pre-screening results: which images of which patients a model scored."""
         ...
 
     def tracking(self) -> str:

@@ -14,6 +14,7 @@ from cme.cli import (
     flows,
     labels,
     models,
+    screening,
     serving,
     training,
     webhooks,
@@ -52,6 +53,7 @@ app.command("backtest-compare")(flows.backtest_compare)
 app.command("predict")(serving.predict)
 app.command("serve")(serving.serve)
 app.command("monitor")(serving.monitor)
+app.command("screen")(screening.screen)
 app.command("sample-data")(data.sample_data)
 app.command("params")(data.show_params)
 

@@ -187,3 +187,28 @@ class PredictionRow(Base):
     threshold: Mapped[float] = mapped_column(Float)
     predicted_at: Mapped[datetime] = mapped_column(UTCDateTime())
     source: Mapped[str] = mapped_column(String(16))
+
+
+class ScreeningRow(Base):
+    """Append-only (sixth migration): one image of a patient scored by one model in a
+    pre-screening run; unique per model, image content and patient, so a run that resumes
+    or is repeated scores nothing twice."""
+
+    __tablename__ = "screenings"
+    __table_args__ = (
+        UniqueConstraint("model_uri", "image_sha256", "patient_id", name="uq_screenings_image"),
+    )
+
+    screening_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_uri: Mapped[str] = mapped_column(String(512))
+    model_name: Mapped[str] = mapped_column(String(256))
+    model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    patient_id: Mapped[str] = mapped_column(String(128), index=True)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(String(1024))
+    lesion_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    body_site: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    probability: Mapped[float] = mapped_column(Float)
+    melanoma: Mapped[bool] = mapped_column(Boolean)
+    threshold: Mapped[float] = mapped_column(Float)
+    screened_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,94 @@
+"""`cme screen`: pre-screen a patient's images (or a clinic day's) on Dask workers into a
+ranked worklist for the dermatologist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cme.cli.common import EXIT_REFUSED, OVERRIDES, OutputFormat, emit, fail
+
+WORKLIST_SHOWN = ("rank", "patient_id", "image", "probability", "decision", "model_version")
+
+
+def screen(
+    source: Path = typer.Argument(
+        ...,
+        help="A folder of one patient's images, or a CSV manifest (image, patient_id, "
+        "lesion_id, body_site).",
+        show_default=False,
+    ),
+    patient: str | None = typer.Option(
+        None,
+        "--patient",
+        help="The patient's id: required for a folder; for a manifest, only this patient's rows.",
+    ),
+    model_uri: str | None = typer.Option(
+        None,
+        "--model-uri",
+        help="A registered version, models:/NAME/VERSION or "
+        "models:/NAME@ALIAS; default the champion.",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Dask workers of the local cluster; default one per "
+        "core (ignored with CME_DASK_ADDRESS).",
+    ),
+    out: Path = typer.Option(
+        Path(".cme/screening"), "--out", help="Where worklist.csv, .json and .html go."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per Dask task."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv, json."),
+    overrides: list[str] = OVERRIDES,
+) -> None:
+    """Pre-screen images on Dask workers into each patient's worklist, highest probability
+    of melanoma first.
+
+    One model version scores every image in batches; every prediction goes to the
+    prediction log. Images scored before by that version are not scored again, so a run that
+    was stopped resumes. Exit 1 when some files could not be scored (each is named with the
+    reason; the rest are scored)."""
+    from cme.cli.flows import _finished, _prefect_ready
+    from flows.batch_screening import on_dask
+    from usecases.screening import ScreeningSourceError, read_source
+
+    try:
+        read_source(source, patient)  # a usage error before any worker starts
+    except ScreeningSourceError as error:
+        fail(str(error))
+    settings = _prefect_ready()
+    from cme.orchestration import shared_prefect_server
+
+    flow = on_dask(settings.dask_address, workers)
+    with shared_prefect_server():
+        state = flow(source=str(source.resolve()), out=str(out.resolve()), patient=patient,
+                     model_uri=model_uri, batch_size=batch_size, overrides=overrides,
+                     return_state=True)  # fmt: skip
+        summary = _finished(state)
+    _show(summary, output)
+    for refused in summary["not_scored"]:
+        typer.secho(f"not scored: {refused['image']}: {refused['reason']}", err=True,
+                    fg=typer.colors.RED)  # fmt: skip
+    if summary["not_scored"]:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+def _show(summary: dict[str, Any], output: OutputFormat) -> None:
+    import pandas as pd
+
+    text = {"patient_id": str, "model_version": str, "lesion_id": str, "body_site": str}
+    worklist = pd.read_csv(summary["worklist_csv"], dtype=text)
+    worklist = worklist.astype(object).where(worklist.notna(), None)
+    columns = WORKLIST_SHOWN if output is OutputFormat.table else tuple(worklist.columns)
+    emit(worklist.to_dict("records"), columns, output)
+    typer.echo(
+        f"{summary['images']} images of {len(summary['patients'])} patients: "
+        f"{summary['scored']} scored now, {summary['already_scored']} scored before by "
+        f"{summary['model_uri']}, {len(summary['not_scored'])} not scored; worklist "
+        f"{summary['worklist_html']}",
+        err=output is not OutputFormat.table,
+    )

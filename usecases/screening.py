@@ -1,0 +1,293 @@
+"""Pre-screening at scale: every image of a patient's total-body photography scored by one
+model version, in batches that Dask workers take (the `batch-screening` flow), into a ranked
+worklist per patient and the prediction log.
+
+Each batch reads its files itself (the workers of an embedded cluster share the machine's
+disk), refuses what registration would refuse (the intake's rules, with the reason), skips
+the images this model version has scored for that patient already, and writes its results
+with their predictions in one transaction: a killed run resumes where it stopped, and a
+repeated one scores nothing twice."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipelines.errors import BadInput, Refused
+from pipelines.screening import WORKLIST_COLUMNS, ranked_worklist, thumbnail, worklist_page
+from registry.labels.domain import IntakeRules
+from registry.labels.errors import RejectedSubmission
+from registry.labels.images import inspect_image
+from registry.labels.service import utc_now
+from registry.models import CHAMPION
+from registry.screening_log import ScreeningResult
+from usecases.platform import Platform
+
+if TYPE_CHECKING:
+    from usecases.serving import ServedModel
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+MANIFEST_COLUMNS = ("image", "patient_id")
+OPTIONAL_COLUMNS = ("lesion_id", "body_site")
+DEFAULT_BATCH_SIZE = 256
+
+
+class ScreeningSourceError(BadInput, ValueError):
+    """The source cannot be screened as given; the message names the file, row and reason."""
+
+
+class NoModelToScreenWith(Refused, LookupError):
+    """The model URI names no registered version (no champion yet)."""
+
+
+@dataclass(frozen=True)
+class ScreeningImage:
+    """One image to score: where it is, whose it is, and what the clinic knows of it."""
+
+    location: str
+    patient_id: str
+    lesion_id: str | None = None
+    body_site: str | None = None
+
+
+@dataclass(frozen=True)
+class ScreeningModel:
+    """The one version a run scores with, fixed at its start (the alias may move)."""
+
+    uri: str  # models:/NAME/VERSION
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    scored: int = 0
+    already_scored: int = 0
+    refused: tuple[tuple[str, str], ...] = ()  # (image, reason)
+
+
+@dataclass(frozen=True)
+class ScreeningReport:
+    model: ScreeningModel
+    images: int
+    scored: int
+    already_scored: int
+    refused: tuple[tuple[str, str], ...]
+    patients: tuple[str, ...]
+    worklist_csv: Path
+    worklist_json: Path
+    worklist_html: Path
+    worklist: pd.DataFrame = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """What a run did, in plain values (a flow's result)."""
+        return {
+            "model_uri": self.model.uri, "model_version": self.model.version,
+            "images": self.images, "scored": self.scored,
+            "already_scored": self.already_scored, "patients": list(self.patients),
+            "not_scored": [{"image": name, "reason": why} for name, why in self.refused],
+            "worklist_csv": str(self.worklist_csv), "worklist_json": str(self.worklist_json),
+            "worklist_html": str(self.worklist_html),
+        }  # fmt: skip
+
+
+def read_source(source: Path, patient: str | None) -> list[ScreeningImage]:
+    """The images of a folder (all of one patient, `patient`) or of a CSV manifest (columns
+    image, patient_id, and optionally lesion_id, body_site; an image path relative to the
+    manifest's folder; several patients in one manifest are fine)."""
+    if source.is_dir():
+        if not patient:
+            raise ScreeningSourceError(f"{source}: a folder of images needs --patient ID")
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ScreeningSourceError(f"{source}: no .jpg, .jpeg or .png files in it")
+        return [ScreeningImage(str(path), patient) for path in files]
+    if source.is_file():
+        return _manifest(source, patient)
+    raise ScreeningSourceError(f"{source}: no such folder or manifest")
+
+
+def _manifest(path: Path, patient: str | None) -> list[ScreeningImage]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            columns = set(rows[0]) if rows else set()
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ScreeningSourceError(f"{path}: cannot read the manifest ({error})") from None
+    missing = [column for column in MANIFEST_COLUMNS if column not in columns]
+    if not rows or missing:
+        raise ScreeningSourceError(
+            f"{path}: a manifest needs a header with {', '.join(MANIFEST_COLUMNS)} and a row "
+            f"per image" + (f" (missing: {', '.join(missing)})" if missing else "")
+        )
+    images = []
+    for number, row in enumerate(rows, start=2):
+        image, whose = (row.get(column, "").strip() for column in MANIFEST_COLUMNS)
+        if not image or not whose:
+            raise ScreeningSourceError(f"{path}, row {number}: image and patient_id are required")
+        if patient and whose != patient:
+            continue
+        extra = {column: (row.get(column) or "").strip() or None for column in OPTIONAL_COLUMNS}
+        images.append(ScreeningImage(str(path.parent / image), whose, **extra))
+    if not images:
+        raise ScreeningSourceError(f"{path}: no rows of patient {patient}")
+    return images
+
+
+def batches(images: Sequence[ScreeningImage], size: int) -> list[list[ScreeningImage]]:
+    """Consecutive batches of `size`: a task per batch, never one per image (a run of tens
+    of thousands of task runs would slow the orchestrator down)."""
+    return [list(images[start : start + size]) for start in range(0, len(images), size)]
+
+
+def screening_model(platform: Platform, model_uri: str | None) -> ScreeningModel:
+    """The registered version to score with: `models:/NAME@ALIAS` (default the champion)
+    resolved once, so that every batch uses the same version even if the alias moves."""
+    name = platform.workspace.model_name
+    uri = model_uri or f"models:/{name}@{CHAMPION}"
+    if not uri.startswith("models:/"):
+        raise ScreeningSourceError(
+            f"--model-uri {uri}: screen with a registered version (models:/NAME/VERSION or "
+            "models:/NAME@ALIAS), so that the worklist and the log name it"
+        )
+    named, _, alias = uri.removeprefix("models:/").partition("@")
+    if not alias:
+        named, _, version = named.partition("/")
+        return ScreeningModel(f"models:/{named}/{version}", named, version)
+    found = platform.models().aliased(alias) if named == name else None
+    if found is None:
+        raise NoModelToScreenWith(f"{uri}: no version has that alias (approve a champion first)")
+    return ScreeningModel(found.uri, found.name, found.version)
+
+
+_SERVED: dict[str, ServedModel] = {}
+
+
+def _served(uri: str) -> ServedModel:
+    """The model, loaded once per process (a Dask worker keeps it for its next batches)."""
+    from usecases.serving import load_served_model
+
+    if uri not in _SERVED:
+        _SERVED[uri] = load_served_model(uri)
+    return _SERVED[uri]
+
+
+def score_batch(
+    platform: Platform, model: ScreeningModel, batch: Sequence[ScreeningImage], rules: IntakeRules
+) -> BatchOutcome:
+    """Score a batch's images not scored before by this version, refuse the unreadable and
+    those registration would refuse, and write the results with their predictions at once."""
+    from usecases.serving import predict_files
+
+    refused: list[tuple[str, str]] = []
+    readable: dict[tuple[str, str], tuple[ScreeningImage, bytes]] = {}
+    for image in batch:
+        try:
+            content = _read(image.location, rules)
+            inspect_image(content, rules)
+        except (OSError, RejectedSubmission) as error:
+            refused.append((image.location, _why(error)))
+            continue
+        key = hashlib.sha256(content).hexdigest(), image.patient_id
+        readable.setdefault(key, (image, content))
+    done = platform.screening_log().screened(model.uri, readable)
+    pending = [image_and_bytes for key, image_and_bytes in readable.items() if key not in done]
+    if not pending:
+        return BatchOutcome(0, len(done), tuple(refused))
+    served = _served(model.uri)
+    # Named by their place in `pending`: the same file may stand for two patients.
+    answered, unreadable = predict_files(
+        served, [(str(place), content) for place, (_, content) in enumerate(pending)]
+    )
+    refused += [(pending[int(r.image_name)][0].location, r.reason) for r in unreadable]
+    at = utc_now()
+    results = [
+        _result(model, pending[int(answer.image_name or 0)][0], answer.image_sha256,
+                answer.probability, served.threshold, at)
+        for answer in answered
+    ]  # fmt: skip
+    written = platform.screening_log().record_batch(results)
+    return BatchOutcome(written, len(done) + len(results) - written, tuple(refused))
+
+
+def _read(location: str, rules: IntakeRules) -> bytes:
+    path = Path(location)
+    size = path.stat().st_size
+    if size > rules.max_file_bytes:
+        raise RejectedSubmission(
+            "too-large", f"file of {size:,} bytes is over {rules.max_file_bytes:,}"
+        )
+    return path.read_bytes()
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, RejectedSubmission):
+        return str(error)
+    return f"cannot read the file ({getattr(error, 'strerror', None) or error})"
+
+
+def _result(
+    model: ScreeningModel,
+    image: ScreeningImage,
+    sha256: str,
+    probability: float,
+    threshold: float,
+    at: datetime,
+) -> ScreeningResult:
+    return ScreeningResult(
+        model_uri=model.uri, model_name=model.name, model_version=model.version,
+        patient_id=image.patient_id, image_sha256=sha256, image=image.location,
+        probability=probability, melanoma=probability >= threshold, threshold=threshold,
+        screened_at=at, lesion_id=image.lesion_id, body_site=image.body_site,
+    )  # fmt: skip
+
+
+def screening_report(
+    platform: Platform,
+    model: ScreeningModel,
+    images: Sequence[ScreeningImage],
+    outcomes: Sequence[BatchOutcome],
+    out: Path,
+) -> ScreeningReport:
+    """The worklist of the run's patients (every result of this version for them, this run's
+    and earlier runs'), written as worklist.csv, worklist.json and worklist.html under `out`."""
+    patients = tuple(dict.fromkeys(image.patient_id for image in images))
+    results = platform.screening_log().results(model.uri, patients)
+    scored = pd.DataFrame(
+        [{"patient_id": r.patient_id, "image": r.image, "probability": r.probability,
+          "melanoma": r.melanoma, "threshold": r.threshold, "model_version": r.model_version,
+          "sha256": r.image_sha256, "lesion_id": r.lesion_id, "body_site": r.body_site}
+         for r in results],
+        columns=[c for c in WORKLIST_COLUMNS if c not in ("rank", "decision")] + ["melanoma"],
+    )  # fmt: skip
+    worklist = ranked_worklist(scored)
+    refused = tuple(reason for outcome in outcomes for reason in outcome.refused)
+    out.mkdir(parents=True, exist_ok=True)
+    files = out / "worklist.csv", out / "worklist.json", out / "worklist.html"
+    worklist.to_csv(files[0], index=False)
+    files[1].write_text(json.dumps({
+        "model": asdict(model), "worklist": worklist.to_dict("records"),
+        "not_scored": [{"image": name, "reason": why} for name, why in refused],
+    }, indent=2, default=str) + "\n")  # fmt: skip
+    thumbnails = {row.sha256: _thumbnail(row.image) for row in worklist.itertuples()}
+    page = worklist_page(worklist, thumbnails, refused, f"{model.name} version {model.version}")
+    files[2].write_text(page)
+    return ScreeningReport(
+        model, len(images), sum(o.scored for o in outcomes),
+        sum(o.already_scored for o in outcomes), refused, patients, *files, worklist=worklist,
+    )  # fmt: skip
+
+
+def _thumbnail(location: str) -> str | None:
+    try:
+        return thumbnail(Path(location).read_bytes())
+    except OSError:
+        return None
