@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, unmapped
+from prefect import flow, get_run_logger, unmapped
+from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
@@ -80,7 +82,7 @@ def batch_screening(
         model = screening.screening_model(platform, model_uri)
         plan = ScreeningPlan(model, tuple(overrides or ()))
         futures = score_batch.map(screening.batches(images, batch_size), unmapped(plan))
-        outcomes = [future.result() for future in futures]
+        outcomes = _as_they_finish(futures, len(images))
         report = screening.screening_report(platform, model, images, outcomes, Path(out))
     return report.summary()
 
@@ -97,3 +99,14 @@ def on_dask(address: str | None, workers: int | None = None, threads_per_worker:
     cluster = {"n_workers": count, "threads_per_worker": threads_per_worker,
                "processes": True, "env": env, "dashboard_address": None}  # fmt: skip
     return batch_screening.with_options(task_runner=_dask(cluster_kwargs=cluster))
+
+
+def _as_they_finish(futures: list[Any], images: int) -> list[screening.BatchOutcome]:
+    """Each batch's outcome as it finishes, with a line in the run's log: how far, and how
+    fast."""
+    log = get_run_logger()
+    started, outcomes = time.monotonic(), []
+    for future in as_completed(futures):
+        outcomes.append(future.result())
+        log.info(screening.progress_line(outcomes, images, time.monotonic() - started))
+    return outcomes

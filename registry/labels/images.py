@@ -54,6 +54,24 @@ def inspect_image(content: bytes, rules: IntakeRules) -> ImageFacts:
             )
 
 
+def check_header(content: bytes, rules: IntakeRules) -> None:
+    """Refuse, from the header alone (no pixel decoded), what registration would refuse for
+    its format or size: for a path that decodes the image itself afterwards (scoring)."""
+    if not content:
+        raise RejectedSubmission("empty-file", "image file is empty (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(content)) as image:
+                _check_header(image, rules)
+        except Image.DecompressionBombError as error:
+            raise RejectedSubmission(
+                "too-large", f"image too large to decode safely: {error}"
+            ) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise RejectedSubmission("not-an-image", "file is not a readable image") from None
+
+
 def _check_header(image: Image.Image, rules: IntakeRules) -> None:
     if image.format not in ACCEPTED_FORMATS:
         accepted = ", ".join(sorted(ACCEPTED_FORMATS))

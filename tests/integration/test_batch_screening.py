@@ -122,6 +122,7 @@ def test_two_patients_are_ranked_and_the_files_that_cannot_be_scored_are_named(c
     assert any("tiny.png: image of 10x10 pixels is outside 32..8000" in line for line in not_scored)
     assert any("gone.jpg: cannot read the file" in line for line in not_scored)
     assert clinic.count("select count(*) from predictions where source = 'screen'") == 20
+    assert "batches 6: 23 of 23 images (20 scored now, 0 before, 3 not scored)" in done.stderr
     page = (clinic.home / "day1" / "worklist.html").read_text()
     assert "Patient A: 12 images" in page and "data:image/jpeg;base64," in page
 

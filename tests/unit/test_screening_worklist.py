@@ -9,7 +9,14 @@ import pytest
 from PIL import Image
 
 from pipelines.screening import WORKLIST_COLUMNS, ranked_worklist, thumbnail, worklist_page
-from usecases.screening import ScreeningImage, ScreeningSourceError, batches, read_source
+from usecases.screening import (
+    BatchOutcome,
+    ScreeningImage,
+    ScreeningSourceError,
+    batches,
+    progress_line,
+    read_source,
+)
 
 
 def scored(*rows: tuple[str, str, float]) -> pd.DataFrame:
@@ -82,3 +89,10 @@ def test_a_source_that_cannot_be_screened_says_why(tmp_path: Path, text, patient
         source.write_text(text)
     with pytest.raises(ScreeningSourceError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_source(source, patient)
+
+
+def test_the_runs_log_says_how_far_and_how_fast():
+    outcomes = [BatchOutcome(250, 6, (("x.jpg", "unreadable"),)), BatchOutcome(256, 0, ())]
+    assert progress_line(outcomes, 10_015, 10.0) == (
+        "batches 2: 513 of 10,015 images (506 scored now, 6 before, 1 not scored), 50.6 images/s"
+    )
