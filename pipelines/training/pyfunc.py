@@ -29,13 +29,15 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModel
 
 from pipelines.errors import BadInput, Fault
+from pipelines.image_rules import ImageRules, colour_refusal, header_refusal
 
 IMAGE_COLUMN = "image"
 OUTPUT_COLUMNS = ("probability", "melanoma", "model_version")
 KERAS_ARTIFACT = "keras_model"
 PREDICT_BATCH = 64
-MAX_IMAGE_BYTES = 20 * 2**20  # a dermoscope's largest JPEGs are a few MB
-MAX_IMAGE_PIXELS = 50_000_000  # checked from the header, before anything is decoded
+RULES = ImageRules()
+"""The intake's image rules (params.yaml's defaults): scoring takes what registration takes,
+checked from the header before anything is decoded."""
 
 _BASE64_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
@@ -202,27 +204,25 @@ def image_bytes(value: Any, row: int) -> bytes | None:
 
 
 def _within_limits(contents: bytes, row: int) -> bytes:
-    """The bytes, once their size and the pixel count in their header are acceptable: a
-    small file can declare a huge image, and decoding it would exhaust the server's memory."""
+    """The bytes, once the image's size, format, dimensions and colour mode in its header
+    are the intake's: a small file can declare a huge image, and decoding it would exhaust
+    the server's memory; a thumbnail or a grey image is no dermoscopic image to judge."""
     from PIL import Image, UnidentifiedImageError
 
     if not contents:
         raise InvalidImage("empty image", row)
-    if len(contents) > MAX_IMAGE_BYTES:
+    if len(contents) > RULES.max_file_bytes:
         raise ImageTooLarge(
-            f"image of {len(contents):,} bytes is over the limit of {MAX_IMAGE_BYTES:,}",
+            f"image of {len(contents):,} bytes is over the limit of {RULES.max_file_bytes:,}",
             row,
         )
     try:
         with Image.open(io.BytesIO(contents)) as header:
-            width, height = header.size
+            refusal = header_refusal(header, RULES) or colour_refusal(header, RULES)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise InvalidImage("not a readable image (unknown image format)", row) from None
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ImageTooLarge(
-            f"image of {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels",
-            row,
-        )
+    if refusal is not None:
+        raise (ImageTooLarge if refusal.too_large else InvalidImage)(refusal.message, row)
     return contents
 
 
@@ -273,10 +273,10 @@ def _rgb(array: np.ndarray, row: int) -> np.ndarray:
         array = np.repeat(array[..., None], 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] not in (3, 4) or min(array.shape[:2]) < 1:
         raise InvalidImage(f"expected an array of shape (height, width, 3), got {array.shape}", row)
-    if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
+    if array.shape[0] * array.shape[1] > RULES.max_pixels:
         raise ImageTooLarge(
             f"image of {array.shape[1]}x{array.shape[0]} pixels is over the limit of "
-            f"{MAX_IMAGE_PIXELS:,} pixels",
+            f"{RULES.max_pixels:,} pixels",
             row,
         )
     rgb: np.ndarray = np.clip(array[..., :3], 0, 255).astype(np.uint8)

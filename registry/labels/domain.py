@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from pipelines.image_rules import ImageRules
+
 DIAGNOSES: frozenset[str] = frozenset({"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"})
 """HAM10000 diagnoses; `mel` is the positive class."""
 
@@ -39,6 +41,10 @@ class IntakeRules:
     max_side: int = 8000
     age_min: float = 0
     age_max: float = 120
+
+    def images(self) -> ImageRules:
+        """The image bounds alone, as scoring applies them too."""
+        return ImageRules(self.max_pixels, self.max_file_bytes, self.min_side, self.max_side)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipelines.image_rules import ACCEPTED_FORMATS, header_refusal
 from registry.labels.domain import ImageFacts, IntakeRules
 from registry.labels.errors import RejectedSubmission
-
-ACCEPTED_FORMATS: dict[str, str] = {"JPEG": "jpg", "PNG": "png"}
 
 
 def inspect_image(content: bytes, rules: IntakeRules) -> ImageFacts:
@@ -73,24 +72,9 @@ def check_header(content: bytes, rules: IntakeRules) -> None:
 
 
 def _check_header(image: Image.Image, rules: IntakeRules) -> None:
-    if image.format not in ACCEPTED_FORMATS:
-        accepted = ", ".join(sorted(ACCEPTED_FORMATS))
-        raise RejectedSubmission(
-            "unsupported-format", f"image format {image.format} is not accepted ({accepted})"
-        )
-    width, height = image.size
-    if width * height > rules.max_pixels:
-        raise RejectedSubmission(
-            "too-large",
-            f"image of {width}x{height} pixels exceeds {rules.max_pixels:,} pixels "
-            "(refused as a possible decompression bomb)",
-        )
-    if min(width, height) < rules.min_side or max(width, height) > rules.max_side:
-        raise RejectedSubmission(
-            "size-out-of-bounds",
-            f"image of {width}x{height} pixels is outside "
-            f"{rules.min_side}..{rules.max_side} px a side",
-        )
+    refusal = header_refusal(image, rules.images())
+    if refusal is not None:
+        raise RejectedSubmission(refusal.kind, refusal.message)
 
 
 def file_extension(image_format: str) -> str:

@@ -219,7 +219,12 @@ def test_the_served_champion_answers_refuses_bad_input_and_follows_the_alias(cli
         truncated = contents[0][: len(contents[0]) // 2]
         huge = tmp_path / "huge.png"
         Image.new("RGB", (8000, 8000)).save(huge)  # 64 Mpx in a small file
+        thumbnail, grey = tmp_path / "thumbnail.png", tmp_path / "grey.jpg"
+        Image.new("RGB", (1, 1), "brown").save(thumbnail)  # what registration would refuse
+        Image.new("L", (64, 64), 120).save(grey)
         refusals = {
+            "a 1x1 image": (images_request(thumbnail.read_bytes()), 400, "1x1 pixels is outside"),
+            "a grey image": (images_request(grey.read_bytes()), 400, "colour mode L, not RGB"),
             "not an image": (images_request(contents[0], b"GIF? no, a text file"), 400, "row 1"),
             "truncated JPEG": (images_request(truncated), 400, "row 0: not a readable image"),
             "empty body": (b"", 400, "empty request body"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -47,6 +48,26 @@ def test_unreadable_input_names_the_row_and_the_reason(value, words):
     assert refused.value.get_http_status_code() == 400
 
 
+@pytest.mark.parametrize(
+    ("image", "format", "words"),
+    [
+        (
+            Image.new("RGB", (1, 1), (200, 120, 80)),
+            "PNG",
+            "image of 1x1 pixels is outside 32..8000",
+        ),
+        (Image.new("RGB", (900, 20), (200, 120, 80)), "JPEG", "20 pixels is outside 32..8000"),
+        (Image.new("L", (64, 64), 120), "JPEG", "image in colour mode L, not RGB"),
+        (Image.new("RGBA", (64, 64), (1, 2, 3, 4)), "PNG", "colour mode RGBA, not RGB"),
+        (Image.new("RGB", (64, 64)), "BMP", "image format BMP is not accepted (JPEG, PNG)"),
+    ],
+)
+def test_what_registration_would_refuse_is_not_scored_either(image, format, words):
+    """The intake's rules (params.yaml defaults) and validation's colour mode."""
+    with pytest.raises(InvalidImage, match=words.replace("(", r"\(").replace(")", r"\)")):
+        decoded(encoded(image, format), 32, row=2)
+
+
 def test_a_truncated_jpeg_is_refused():
     jpeg = encoded(Image.new("RGB", (64, 64), (10, 200, 30)))
     with pytest.raises(InvalidImage, match="row 0: not a readable image"):
@@ -54,9 +75,9 @@ def test_a_truncated_jpeg_is_refused():
 
 
 def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(monkeypatch):
-    monkeypatch.setattr(pyfunc, "MAX_IMAGE_PIXELS", 100 * 100)
+    monkeypatch.setattr(pyfunc, "RULES", replace(pyfunc.RULES, max_pixels=100 * 100))
     small_file_big_image = encoded(Image.new("RGB", (101, 100)), "PNG")
-    with pytest.raises(ImageTooLarge, match=r"row 1: image of 101x100 pixels is over the limit"):
+    with pytest.raises(ImageTooLarge, match=r"row 1: image of 101x100 pixels exceeds 10,000"):
         decoded(small_file_big_image, 32, row=1)
     with pytest.raises(ImageTooLarge, match="101x100 pixels"):
         decoded(np.zeros((100, 101, 3), dtype=np.uint8), 32, row=1)
@@ -64,7 +85,7 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(monkeypat
 
 
 def test_too_many_bytes_are_refused(monkeypatch):
-    monkeypatch.setattr(pyfunc, "MAX_IMAGE_BYTES", 1_000)
+    monkeypatch.setattr(pyfunc, "RULES", replace(pyfunc.RULES, max_file_bytes=1_000))
     jpeg = encoded(
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     )
