@@ -32,19 +32,12 @@ EventKind = Literal["import", "add", "relabel"]
 
 
 @dataclass(frozen=True)
-class IntakeRules:
-    """Bounds a new image and its metadata must meet (params.yaml `intake`)."""
+class IntakeRules(ImageRules):
+    """Bounds a new image and its metadata must meet (params.yaml `intake`): the image rules
+    every path that takes an image applies, and the metadata's."""
 
-    max_pixels: int = 40_000_000
-    max_file_bytes: int = 50_000_000
-    min_side: int = 32
-    max_side: int = 8000
     age_min: float = 0
     age_max: float = 120
-
-    def images(self) -> ImageRules:
-        """The image bounds alone, as scoring applies them too."""
-        return ImageRules(self.max_pixels, self.max_file_bytes, self.min_side, self.max_side)
 
 
 @dataclass(frozen=True)
