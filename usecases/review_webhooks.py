@@ -70,7 +70,7 @@ class NotTheReceiver(BadInput, ValueError):
     """The URL given for the webhook is not the receiver's endpoint."""
 
 
-class DeliveryRefused(Exception):
+class DeliveryRefused(BadInput):
     """A delivery that is not acted on: its HTTP status and why."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -18,6 +18,10 @@ cme access init
 echo "== work pools and deployments"
 cme deploy
 echo "== registry webhook"
-MLFLOW_TRACKING_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME:-admin}" \
-    MLFLOW_TRACKING_PASSWORD="$MLFLOW_AUTH_ADMIN_PASSWORD" \
-    cme webhooks register "$CME_WEBHOOK_URL"
+if [ -n "${CME_WEBHOOK_URL:-}" ]; then
+    MLFLOW_TRACKING_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME:-admin}" \
+        MLFLOW_TRACKING_PASSWORD="$MLFLOW_AUTH_ADMIN_PASSWORD" \
+        cme webhooks register "$CME_WEBHOOK_URL"
+else
+    echo "no CME_WEBHOOK_URL: no webhook receiver; the promotion schedule promotes"
+fi

@@ -35,6 +35,8 @@ SCHEMA_CHANGES = (
     "ALTER TABLE images ADD COLUMN note text",
     "TRUNCATE label_events",
 )
+WEBHOOK_SECRET = "init-test-webhook-secret"
+WEBHOOK_URL = "http://127.0.0.1:5002/mlflow-webhook"  # no receiver needed to register it
 ACCOUNTS = {
     "CME_PIPELINE_MLFLOW": ("pipeline", "pipeline-test-secret"),
     "CME_SERVING_MLFLOW": ("serving", "serving-test-secret"),
@@ -94,6 +96,7 @@ def installation(
                                     f":5432/{names['CME_DB_NAME']}",
                 "MLFLOW_TRACKING_URI": server.url, "PREFECT_API_URL": prefect_harness,
                 "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "CME_WEBHOOK_SECRET": WEBHOOK_SECRET, "CME_WEBHOOK_URL": WEBHOOK_URL,
             }  # fmt: skip
             for prefix, (username, password) in ACCOUNTS.items():
                 env |= {f"{prefix}_USERNAME": username, f"{prefix}_PASSWORD": password}
@@ -144,6 +147,17 @@ def test_the_init_builds_the_schema_accounts_and_deployments_once(initialised, i
         pools = {pool.name for pool in client.read_work_pools()}
     assert {"weekly", "gpu", "every-10-minutes", "hourly"} <= names
     assert {"cpu", "gpu"} <= pools
+
+
+def test_the_init_registers_mlflows_webhook_to_the_receiver(initialised, installation, monkeypatch):
+    first, again = initialised
+    assert f"webhook cme-reviews created: model_version_tag.set, model_version_alias.created " \
+        f"-> {WEBHOOK_URL}" in first  # fmt: skip
+    assert "webhook cme-reviews updated" in again  # the one webhook, kept up to date
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # MLflow's webhook API is his
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    hooks = MlflowClient(installation.mlflow.url).list_webhooks()
+    assert [(hook.name, hook.url) for hook in hooks] == [("cme-reviews", WEBHOOK_URL)]
 
 
 def test_the_workers_database_user_writes_rows_but_no_schema(

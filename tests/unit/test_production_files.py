@@ -197,7 +197,7 @@ def test_mlflow_delivers_its_webhooks_to_the_receiver_the_init_registered():
     url = SERVICES["init"]["environment"]["CME_WEBHOOK_URL"]
     assert url == f"http://webhooks:{port}/mlflow-webhook"
     script = (DOCKER / "init" / "init-platform.sh").read_text()
-    assert 'cme webhooks register "$CME_WEBHOOK_URL"' in script
+    assert 'cme webhooks register "$CME_WEBHOOK_URL"' in script  # when the URL is set
     assert 'MLFLOW_TRACKING_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME' in script
 
 
