@@ -35,11 +35,12 @@ def shared_prefect_server() -> Iterator[None]:
     """For flows whose tasks run in other processes (Dask workers): without PREFECT_API_URL,
     the temporary local server is started here and its URL exported, so that every process
     reports to it instead of each starting a temporary server of its own."""
-    if os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:
         yield
         return
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server = SubprocessASGIServer()
     server.start()

@@ -194,7 +194,8 @@ class ChampionLifecycle:
                            "set the tag reviewer to the reviewer's name")  # fmt: skip
                 outcomes.append(Outcome(message, version.version))
             elif version.approval == APPROVED:
-                self._record_ui_review(version, "approval")
+                if version.version not in self._approved():
+                    self._record_ui_review(version, "approval")
                 outcomes.append(self._promote_or_explain(version.version, actor))
             elif version.approval == REJECTED:
                 event = self._record_ui_review(version, "rejection")
@@ -291,11 +292,12 @@ class ChampionLifecycle:
         return version == expected or self._is_valid_candidate(version, expected)
 
     def pending_approval(self) -> list[ModelVersion]:
-        """Versions the gate passed that await (or just got) a reviewer's verdict."""
+        """Versions the gate passed that await (or just got) a reviewer's verdict, or were
+        approved and not promoted yet (a promotion that failed on the way is tried again)."""
         reviewed = {
             event.version
             for event in self.trail.events(self.model_name)
-            if event.action in ("approval", "rejection", "promotion")
+            if event.action in ("rejection", "promotion")
         }
         return [
             version
@@ -368,6 +370,10 @@ class ChampionLifecycle:
                 f"version {version.version} is approved but names no reviewer: set the tag "
                 "reviewer to the reviewer's name"
             )
+
+    def _approved(self) -> set[str | None]:
+        events = self.trail.events(self.model_name)
+        return {event.version for event in events if event.action == "approval"}
 
     def _was_rolled_back(self, version: str) -> bool:
         return any(

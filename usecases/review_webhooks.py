@@ -115,8 +115,9 @@ class DeliveryCheck:
         given = headers.get(SIGNATURE_HEADER)
         if not (delivery_id and timestamp and given):
             raise DeliveryRefused(401, "unsigned: no delivery id, timestamp or signature")
-        expected = signature(self._secret, delivery_id, timestamp, body)
-        if not any(hmac.compare_digest(expected, one) for one in given.split()):
+        expected = signature(self._secret, delivery_id, timestamp, body).encode()
+        # As bytes: headers arrive decoded as latin-1, and compare_digest refuses non-ASCII text.
+        if not any(hmac.compare_digest(expected, one.encode("latin-1")) for one in given.split()):
             raise DeliveryRefused(401, "the signature does not match: check CME_WEBHOOK_SECRET")
         now = self._clock()
         if not timestamp.isdigit() or abs(now - int(timestamp)) > TIMESTAMP_TOLERANCE_S:

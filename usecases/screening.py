@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 MANIFEST_COLUMNS = ("image", "patient_id")
 OPTIONAL_COLUMNS = ("lesion_id", "body_site")
+FIELD_LIMITS = {"patient_id": 128, "lesion_id": 128, "body_site": 64}  # the screenings table's
 DEFAULT_BATCH_SIZE = 256
 
 
@@ -106,6 +107,7 @@ def read_source(source: Path, patient: str | None) -> list[ScreeningImage]:
     if source.is_dir():
         if not patient:
             raise ScreeningSourceError(f"{source}: a folder of images needs --patient ID")
+        _check_lengths("--patient", {"patient_id": patient})
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ScreeningSourceError(f"{source}: no .jpg, .jpeg or .png files in it")
@@ -130,16 +132,25 @@ def _manifest(path: Path, patient: str | None) -> list[ScreeningImage]:
         )
     images = []
     for number, row in enumerate(rows, start=2):
-        image, whose = (row.get(column, "").strip() for column in MANIFEST_COLUMNS)
+        image, whose = ((row.get(column) or "").strip() for column in MANIFEST_COLUMNS)
         if not image or not whose:
             raise ScreeningSourceError(f"{path}, row {number}: image and patient_id are required")
         if patient and whose != patient:
             continue
         extra = {column: (row.get(column) or "").strip() or None for column in OPTIONAL_COLUMNS}
+        _check_lengths(f"{path}, row {number}", {"patient_id": whose, **extra})
         images.append(ScreeningImage(str(path.parent / image), whose, **extra))
     if not images:
         raise ScreeningSourceError(f"{path}: no rows of patient {patient}")
     return images
+
+
+def _check_lengths(where: str, values: dict[str, str | None]) -> None:
+    for column, value in values.items():
+        if value is not None and len(value) > FIELD_LIMITS[column]:
+            raise ScreeningSourceError(
+                f"{where}: {column} is {len(value)} characters, over {FIELD_LIMITS[column]}"
+            )
 
 
 def batches(images: Sequence[ScreeningImage], size: int) -> list[list[ScreeningImage]]:
@@ -161,6 +172,10 @@ def screening_model(platform: Platform, model_uri: str | None) -> ScreeningModel
     named, _, alias = uri.removeprefix("models:/").partition("@")
     if not alias:
         named, _, version = named.partition("/")
+        if not version.isdigit():  # `latest` or a stage moves: a run must name what it used
+            raise ScreeningSourceError(
+                f"--model-uri {uri}: name a version number (models:/NAME/3) or an alias"
+            )
         return ScreeningModel(f"models:/{named}/{version}", named, version)
     found = platform.models().aliased(alias) if named == name else None
     if found is None:
@@ -192,16 +207,17 @@ def score_batch(
     for image in batch:
         try:
             content = _read(image.location, rules)
-            check_header(content, rules)  # the model decodes it, once
+            check_header(content, rules, colour=True)  # the model decodes it, once
         except (OSError, RejectedSubmission) as error:
             refused.append((image.location, _why(error)))
             continue
         key = hashlib.sha256(content).hexdigest(), image.patient_id
         readable.setdefault(key, (image, content))
     done = platform.screening_log().screened(model.uri, readable)
+    twice = len(batch) - len(refused) - len(readable)  # one image under two file names
     pending = [image_and_bytes for key, image_and_bytes in readable.items() if key not in done]
     if not pending:
-        return BatchOutcome(0, len(done), tuple(refused))
+        return BatchOutcome(0, len(done) + twice, tuple(refused))
     served = _served(model.uri)
     # Named by their place in `pending`: the same file may stand for two patients.
     answered, unreadable = predict_files(
@@ -215,7 +231,7 @@ def score_batch(
         for answer in answered
     ]  # fmt: skip
     written = platform.screening_log().record_batch(results)
-    return BatchOutcome(written, len(done) + len(results) - written, tuple(refused))
+    return BatchOutcome(written, len(done) + twice + len(results) - written, tuple(refused))
 
 
 def _read(location: str, rules: IntakeRules) -> bytes:
@@ -289,7 +305,7 @@ def screening_report(
         "model": asdict(model), "worklist": worklist.to_dict("records"),
         "not_scored": [{"image": name, "reason": why} for name, why in refused],
     }, indent=2, default=str) + "\n")  # fmt: skip
-    thumbnails = {row.sha256: _thumbnail(row.image) for row in worklist.itertuples()}
+    thumbnails = {row.sha256: _thumbnail(row.image, row.sha256) for row in worklist.itertuples()}
     page = worklist_page(worklist, thumbnails, refused, f"{model.name} version {model.version}")
     files[2].write_text(page)
     return ScreeningReport(
@@ -298,8 +314,10 @@ def screening_report(
     )  # fmt: skip
 
 
-def _thumbnail(location: str) -> str | None:
+def _thumbnail(location: str, sha256: str) -> str | None:
+    """The file's thumbnail, unless it no longer holds the image that was scored."""
     try:
-        return thumbnail(Path(location).read_bytes())
+        content = Path(location).read_bytes()
     except OSError:
         return None
+    return thumbnail(content) if hashlib.sha256(content).hexdigest() == sha256 else None

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.image_rules import ACCEPTED_FORMATS, header_refusal
+from pipelines.image_rules import ACCEPTED_FORMATS, colour_refusal, header_refusal
 from registry.labels.domain import ImageFacts, IntakeRules
 from registry.labels.errors import RejectedSubmission
 
@@ -40,11 +40,14 @@ def inspect_image(content: bytes, rules: IntakeRules) -> ImageFacts:
         )
 
 
-def check_header(content: bytes, rules: IntakeRules) -> None:
+def check_header(content: bytes, rules: IntakeRules, *, colour: bool = False) -> None:
     """Refuse, from the header alone (no pixel decoded), what registration would refuse for
-    its format or size: for a path that decodes the image itself afterwards (scoring)."""
-    with _header_checked(content, rules):
-        pass
+    its format or size, and with `colour` what validation would for its colour mode: for a
+    path that decodes the image itself afterwards (scoring)."""
+    with _header_checked(content, rules) as image:
+        refusal = colour_refusal(image, rules) if colour else None
+    if refusal is not None:
+        raise RejectedSubmission(refusal.kind, refusal.message)
 
 
 @contextmanager

@@ -17,7 +17,13 @@ import pytest
 from mlflow import MlflowClient
 
 from registry.audit_trail import AuditTrailRepository
-from registry.models import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
+from registry.models import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+    ModelRegistry,
+    ModelRegistryUnavailable,
+)
 from registry.promotion import ChampionLifecycle, GateRecord, PromotionRefused
 from tests.mlflow_server import MlflowServer
 
@@ -106,6 +112,32 @@ def test_an_approval_naming_no_reviewer_waits_for_the_reviewer_tag(lifecycle, ml
     promoted = lifecycle.finalize("mlflow-webhook")
     assert [o.message for o in promoted] == ["version 1 is now the champion (was none)"]
     assert actions(lifecycle) == [("decision", "1"), ("approval", "1"), ("promotion", "1")]
+
+
+def test_an_approval_whose_promotion_failed_on_the_way_is_promoted_by_the_next_run(
+    lifecycle, mlflow_server, monkeypatch
+):
+    """MLflow out of reach between the review's record and the promotion: the webhook's
+    retry (or the schedule) promotes it, without recording the review twice."""
+    lifecycle.register_challenger(gate_record(mlflow_server), "pipeline")
+    lifecycle.models.set_tags("1", {"approval": "approved", "reviewer": "dr-ruiz"})
+    promote = lifecycle.promote
+    failures = [ModelRegistryUnavailable("MLflow registry unreachable: connection refused")]
+
+    def unreachable_once(version: str, actor: str):
+        if failures:
+            raise failures.pop()
+        return promote(version, actor)
+
+    monkeypatch.setattr(lifecycle, "promote", unreachable_once)
+    with pytest.raises(ModelRegistryUnavailable):
+        lifecycle.finalize("mlflow-webhook")
+    assert actions(lifecycle) == [("decision", "1"), ("approval", "1")]
+
+    outcomes = lifecycle.finalize("mlflow-webhook")
+    assert [o.message for o in outcomes] == ["version 1 is now the champion (was none)"]
+    assert actions(lifecycle) == [("decision", "1"), ("approval", "1"), ("promotion", "1")]
+    assert lifecycle.finalize("promotion-flow") == []  # settled
 
 
 def test_gate_rejection_cannot_be_approved(lifecycle, mlflow_server):

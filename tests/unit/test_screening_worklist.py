@@ -16,6 +16,7 @@ from usecases.screening import (
     batches,
     progress_line,
     read_source,
+    screening_model,
 )
 
 
@@ -81,6 +82,8 @@ def test_a_folder_is_one_patients_and_a_manifest_may_hold_several(tmp_path):
         ("image,patient\na.jpg,P1\n", None, "(missing: patient_id)"),
         ("image,patient_id\na.jpg,\n", None, "day.csv, row 2: image and patient_id are required"),
         ("image,patient_id\na.jpg,P1\n", "P9", "no rows of patient P9"),
+        ("image,patient_id\na.jpg\n", None, "day.csv, row 2: image and patient_id are required"),
+        (f"image,patient_id\na.jpg,{'P' * 129}\n", None, "row 2: patient_id is 129 characters"),
     ],
 )
 def test_a_source_that_cannot_be_screened_says_why(tmp_path: Path, text, patient, message):
@@ -96,3 +99,19 @@ def test_the_runs_log_says_how_far_and_how_fast():
     assert progress_line(outcomes, 10_015, 10.0) == (
         "batches 2: 513 of 10,015 images (506 scored now, 6 before, 1 not scored), 50.6 images/s"
     )
+
+
+def test_a_run_names_the_version_it_scores_with():
+    class Workspace:
+        model_name = "melanoma-resnet50"
+
+    class Platform:
+        workspace = Workspace()
+
+    model = screening_model(Platform(), "models:/melanoma-resnet50/7")  # type: ignore[arg-type]
+    assert (model.uri, model.version) == ("models:/melanoma-resnet50/7", "7")
+    for moving in ("models:/melanoma-resnet50/latest", "models:/melanoma-resnet50/Production"):
+        with pytest.raises(ScreeningSourceError, match="name a version number"):
+            screening_model(Platform(), moving)  # type: ignore[arg-type]
+    with pytest.raises(ScreeningSourceError, match="screen with a registered version"):
+        screening_model(Platform(), "runs:/abc/model")  # type: ignore[arg-type]
