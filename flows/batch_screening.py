@@ -87,7 +87,7 @@ def batch_screening(
     return report.summary()
 
 
-def on_dask(address: str | None, workers: int | None = None, threads_per_worker: int = 1) -> Any:
+def on_dask(address: str | None, workers: int | None = None) -> Any:
     """The flow on an existing Dask cluster (`address`), or on an embedded LocalCluster of
     `workers` processes (default: one per core), each TensorFlow limited to its share of
     the cores so that the workers do not oversubscribe them."""
@@ -96,7 +96,7 @@ def on_dask(address: str | None, workers: int | None = None, threads_per_worker:
     count = workers or os.cpu_count() or 1
     cores = max(1, (os.cpu_count() or 1) // count)
     env = dict.fromkeys(THREAD_SETTINGS, str(cores))
-    cluster = {"n_workers": count, "threads_per_worker": threads_per_worker,
+    cluster = {"n_workers": count, "threads_per_worker": 1,
                "processes": True, "env": env, "dashboard_address": None}  # fmt: skip
     return batch_screening.with_options(task_runner=_dask(cluster_kwargs=cluster))
 

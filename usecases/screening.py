@@ -32,7 +32,7 @@ from registry.screening_log import ScreeningResult
 from usecases.platform import Platform
 
 if TYPE_CHECKING:
-    from usecases.serving import ServedModel
+    from usecases.serving import Prediction, ServedModel
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 MANIFEST_COLUMNS = ("image", "patient_id")
@@ -225,11 +225,8 @@ def score_batch(
     )
     refused += [(pending[int(r.image_name)][0].location, r.reason) for r in unreadable]
     at = utc_now()
-    results = [
-        _result(model, pending[int(answer.image_name or 0)][0], answer.image_sha256,
-                answer.probability, served.threshold, at)
-        for answer in answered
-    ]  # fmt: skip
+    results = [_result(model, pending[int(str(answer.image_name))][0], answer, at)
+               for answer in answered]  # fmt: skip
     written = platform.screening_log().record_batch(results)
     return BatchOutcome(written, len(done) + twice + len(results) - written, tuple(refused))
 
@@ -251,17 +248,12 @@ def _why(error: Exception) -> str:
 
 
 def _result(
-    model: ScreeningModel,
-    image: ScreeningImage,
-    sha256: str,
-    probability: float,
-    threshold: float,
-    at: datetime,
+    model: ScreeningModel, image: ScreeningImage, answer: Prediction, at: datetime
 ) -> ScreeningResult:
     return ScreeningResult(
         model_uri=model.uri, model_name=model.name, model_version=model.version,
-        patient_id=image.patient_id, image_sha256=sha256, image=image.location,
-        probability=probability, melanoma=probability >= threshold, threshold=threshold,
+        patient_id=image.patient_id, image_sha256=answer.image_sha256, image=image.location,
+        probability=answer.probability, melanoma=answer.melanoma, threshold=answer.threshold,
         screened_at=at, lesion_id=image.lesion_id, body_site=image.body_site,
     )  # fmt: skip
 
