@@ -22,7 +22,7 @@ from usecases.challenger_training import (
 )
 from usecases.params import Params
 from usecases.platform import Platform
-from usecases.snapshots import snapshot_manifest
+from usecases.snapshots import snapshot_on_hand
 
 if TYPE_CHECKING:
     from pipelines.evaluation.evaluate import ScoredModel
@@ -95,10 +95,11 @@ def evaluate(
     champions = platform.champions()
     run = _training_run(platform, run_id, retrain_id)
     tags = run.data.tags
-    manifest = snapshot_manifest(platform, tags["snapshot_id"])
+    snapshot = snapshot_on_hand(platform, tags["snapshot_id"])
+    manifest, data_dir = snapshot.manifest, snapshot.data_dir
     cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    challenger = _scored(platform, tags[MODEL_URI_TAG], manifest, cases, params)
-    champion = _scored_champion(platform, champions, cases)
+    challenger = _scored(tags[MODEL_URI_TAG], manifest, cases, data_dir, params)
+    champion = _scored_champion(champions, cases, data_dir)
     settings = params.evaluate.settings(alpha=params.gate.alpha)
     report = evaluate_on_test_set(tags["snapshot_id"], cases, challenger, champion, settings)
     return Evaluation(run, cases, challenger, champion, report)
@@ -160,7 +161,7 @@ def _loaded(model_uri: str) -> Any:
 
 
 def _scored(
-    platform: Platform, model_uri: str, manifest: pd.DataFrame, cases: pd.DataFrame, params: Params
+    model_uri: str, manifest: pd.DataFrame, cases: pd.DataFrame, data_dir: Path, params: Params
 ) -> ScoredModel:
     """The challenger at its operating threshold: its own, or the highest threshold that
     reaches the policy's target sensitivity on the validation split."""
@@ -168,12 +169,12 @@ def _scored(
     from pipelines.evaluation.metrics import threshold_for_sensitivity
 
     model = _loaded(model_uri)
-    probabilities = score(model, cases, platform.workspace.data_dir)
+    probabilities = score(model, cases, data_dir)
     threshold = _configured_threshold(model)
     target = params.evaluate.target_sensitivity
     if target is not None:
         validation = manifest[manifest["split"] == "val"].reset_index(drop=True)
-        val_probabilities = score(model, validation, platform.workspace.data_dir)
+        val_probabilities = score(model, validation, data_dir)
         threshold = threshold_for_sensitivity(
             validation["label"].to_numpy(), val_probabilities, target
         )
@@ -181,7 +182,7 @@ def _scored(
 
 
 def _scored_champion(
-    platform: Platform, champions: ChampionLifecycle, cases: pd.DataFrame
+    champions: ChampionLifecycle, cases: pd.DataFrame, data_dir: Path
 ) -> ScoredModel | None:
     """The serving champion on the same cases, at the threshold it serves with."""
     from pipelines.evaluation.evaluate import ScoredModel
@@ -191,7 +192,7 @@ def _scored_champion(
     if version is None:
         return None
     model = _loaded(version.uri)
-    probabilities = score(model, cases, platform.workspace.data_dir)
+    probabilities = score(model, cases, data_dir)
     threshold = float(version.tags.get("threshold", _configured_threshold(model)))
     return ScoredModel(version.uri, version.version, threshold, probabilities)
 

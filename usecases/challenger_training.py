@@ -19,7 +19,7 @@ from registry.models import CHAMPION
 from usecases.lineage import git_commit
 from usecases.params import Params
 from usecases.platform import Platform
-from usecases.snapshots import snapshot_drift_warnings, snapshot_manifest
+from usecases.snapshots import SnapshotOnHand, snapshot_drift_warnings, snapshot_on_hand
 
 if TYPE_CHECKING:
     from pipelines.training.config import TrainConfig
@@ -80,10 +80,11 @@ def train(
     from pipelines.training.fit import train_classifier
 
     snapshot = _snapshot_to_train_on(platform, snapshot_id)
-    manifest = snapshot_manifest(platform, snapshot.snapshot_id)
+    on_hand = snapshot_on_hand(platform, snapshot.snapshot_id)
+    manifest = on_hand.manifest
     config = params.train.config()
     platform.tracking()
-    start = initialization(platform, params, config, snapshot.snapshot_id)
+    start = initialization(platform, params, config, on_hand)
     log.warning("challenger starts from %s: %s", start.initialized_from, start.reason)
     commit, dirty = git_commit(platform.workspace.project_dir, platform.workspace.built_from)
     lineage = tracking.Lineage(
@@ -101,6 +102,7 @@ def train(
                 **(tags or {}),
                 "git_dirty": str(dirty).lower(),
                 "stage": "train",
+                "data_restored": str(on_hand.restored).lower(),
             }
         )
         tracking.log_run_inputs(config.as_params(), _data_params(manifest))
@@ -108,7 +110,7 @@ def train(
         try:
             result = train_classifier(
                 manifest,
-                platform.workspace.data_dir,
+                on_hand.data_dir,
                 config,
                 work_dir=work_dir,
                 on_epoch=_logged(on_epoch),
@@ -117,14 +119,14 @@ def train(
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         mlflow.set_tags({"precision": result.hardware.precision, "gpus": result.hardware.gpus})
-        example = _example_image(platform, manifest)
+        example = _example_image(on_hand)
         model_uri = tracking.log_result(result, example, platform.workspace.model_name)
         mlflow.set_tag("model_uri", model_uri)  # what `cme evaluate` finds the model by
     return TrainingOutcome(run.info.run_id, model_uri, snapshot, result, start)
 
 
 def initialization(
-    platform: Platform, params: Params, config: TrainConfig, snapshot_id: str
+    platform: Platform, params: Params, config: TrainConfig, snapshot: SnapshotOnHand
 ) -> Initialization:
     """Start from the champion (continued education) unless the policy, the calendar, drift
     or the champion itself asks for a start from the base weights."""
@@ -142,7 +144,7 @@ def initialization(
             f"{generation - 1} weeks in a row"
         )
         return Initialization(base, reason, 0)
-    drift = snapshot_drift_warnings(platform, snapshot_id) if params.retrain.full_on_drift else []
+    drift = snapshot_drift_warnings(snapshot.folder) if params.retrain.full_on_drift else []
     if drift:
         return Initialization(base, f"full retrain on drift: {'; '.join(drift)}", 0)
     return _from_champion(platform, config, champion.version, generation, base)
@@ -196,6 +198,6 @@ def _data_params(manifest: pd.DataFrame) -> dict[str, int]:
     return counts
 
 
-def _example_image(platform: Platform, manifest: pd.DataFrame) -> bytes:
+def _example_image(snapshot: SnapshotOnHand) -> bytes:
     """A real image of the snapshot, kept with the model as its input example."""
-    return (platform.workspace.data_dir / str(manifest["path"].iloc[0])).read_bytes()
+    return (snapshot.data_dir / str(snapshot.manifest["path"].iloc[0])).read_bytes()

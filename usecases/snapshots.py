@@ -5,6 +5,7 @@ and the Prefect flows call."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from pipelines.dataset.manifest import (
     write_manifest,
 )
 from pipelines.dataset.versioning import DataVersioning
-from pipelines.errors import BadInput
+from pipelines.errors import BadInput, Fault
 from pipelines.validation import (
     DriftReport,
     PreviousSnapshot,
@@ -56,6 +57,8 @@ VOCABULARY = {
 }
 MANIFEST_FILE = "manifest.csv"
 DRIFT_FILE = "drift.json"
+SNAPSHOT_CACHE = "snapshot-cache"
+VERIFIED_MARK = ".cme-verified"
 
 
 class SnapshotError(BadInput):
@@ -130,9 +133,88 @@ def snapshot_manifest(platform: Platform, snapshot_id: str) -> pd.DataFrame:
     return read_manifest(path)
 
 
-def snapshot_drift_warnings(platform: Platform, snapshot_id: str) -> list[str]:
+class SnapshotCorrupt(Fault):
+    """Images restored from the DVC remote differ from what the snapshot's manifest says."""
+
+
+@dataclass(frozen=True)
+class SnapshotOnHand:
+    """A snapshot's manifest and the data folder its image paths are relative to."""
+
+    record: SnapshotRecord
+    manifest: pd.DataFrame
+    data_dir: Path
+    restored: bool
+    """Materialised from the DVC remote into this machine's snapshot cache."""
+
+    @property
+    def folder(self) -> Path:
+        return self.data_dir / "snapshots" / self.record.snapshot_id
+
+
+def snapshot_on_hand(platform: Platform, snapshot_id: str) -> SnapshotOnHand:
+    """The snapshot's images where this machine can read them: its own data folder when that
+    holds the manifest and every image (the machine that took it), else the data folder of
+    the snapshot's DVC hash, restored once from the DVC remote into $CME_HOME/snapshot-cache
+    and checked against the manifest's sha256s (a worker on another machine)."""
+    record = platform.label_registry().snapshot(snapshot_id)
+    local = platform.workspace.snapshots_dir / snapshot_id / MANIFEST_FILE
+    if local.is_file():
+        manifest = read_manifest(local)
+        data_dir = platform.workspace.data_dir
+        if all((data_dir / str(path)).is_file() for path in manifest["path"]):
+            return SnapshotOnHand(record, manifest, data_dir, restored=False)
+    if not record.dvc_hash:
+        raise SnapshotError(f"snapshot {snapshot_id} has no DVC hash to restore it from")
+    data_dir = _restored_once(platform, record)
+    manifest = read_manifest(data_dir / "snapshots" / snapshot_id / MANIFEST_FILE)
+    return SnapshotOnHand(record, manifest, data_dir, restored=True)
+
+
+def _restored_once(platform: Platform, record: SnapshotRecord) -> Path:
+    """The snapshot's data folder in the cache, restored and verified by the first caller;
+    later callers (and other processes, kept apart by a lock) reuse it."""
+    cache = platform.workspace.home / SNAPSHOT_CACHE
+    target = cache / record.dvc_hash.removesuffix(".dir")
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / f"{target.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / VERIFIED_MARK).is_file():
+            return target
+        shutil.rmtree(target, ignore_errors=True)  # a restore interrupted before its check
+        log.warning("restoring snapshot %s (%s) from the DVC remote", record.snapshot_id,
+                    record.dvc_hash)  # fmt: skip
+        DataVersioning(cache, cache / "unused", platform.workspace.dvc_remote_url,
+                       remote_endpoint=platform.workspace.dvc_remote_endpoint,
+                       ).restore(record.dvc_hash, target)  # fmt: skip
+        _check_restored(record, target)
+        write_atomically(target / VERIFIED_MARK, record.manifest_sha256.encode())
+    return target
+
+
+def _check_restored(record: SnapshotRecord, data_dir: Path) -> None:
+    manifest_file = data_dir / "snapshots" / record.snapshot_id / MANIFEST_FILE
+    if not manifest_file.is_file():
+        raise SnapshotCorrupt(f"DVC version {record.dvc_hash} holds no {manifest_file.name} "
+                              f"for snapshot {record.snapshot_id}")  # fmt: skip
+    if hashlib.sha256(manifest_file.read_bytes()).hexdigest() != record.manifest_sha256:
+        raise SnapshotCorrupt(f"{manifest_file}: not the manifest recorded for snapshot "
+                              f"{record.snapshot_id}")  # fmt: skip
+    manifest = read_manifest(manifest_file)
+    rows = zip(manifest["path"], manifest["sha256"], strict=True)
+    for row, (path, expected) in enumerate(rows, start=2):
+        image = data_dir / str(path)
+        found = hashlib.sha256(image.read_bytes()).hexdigest() if image.is_file() else "missing"
+        if found != expected:
+            raise SnapshotCorrupt(
+                f"{manifest_file}, row {row}: {path} restored from {record.dvc_hash} has "
+                f"sha256 {found}, the manifest says {expected}"
+            )
+
+
+def snapshot_drift_warnings(snapshot_folder: Path) -> list[str]:
     """The drift warnings recorded when the snapshot was taken, one line each."""
-    path = platform.workspace.snapshots_dir / snapshot_id / DRIFT_FILE
+    path = snapshot_folder / DRIFT_FILE
     if not path.is_file():
         return []
     checks = json.loads(path.read_text()).get("checks", [])

@@ -195,3 +195,69 @@ def test_an_interrupted_snapshot_leaves_nothing_recorded_and_is_cleaned_up(
         outcome.record.snapshot_id
     ]
     assert not orphan.exists() or orphan == outcome.folder
+
+
+def on_another_machine(project: App, folder: Path) -> App:
+    """A worker elsewhere: its own home and an empty data folder outside the project; the
+    same label registry and DVC remote."""
+    return App(
+        project.settings.model_copy(
+            update={
+                "home": folder / ".cme",
+                "data_dir": folder / "data",
+                "project_dir": folder,
+                "dvc_remote": project.settings.dvc_remote_url,
+            }
+        )
+    )
+
+
+def test_a_worker_elsewhere_restores_the_snapshot_it_trains_on_by_its_hash(
+    project, lab_export, tmp_path
+):
+    later = split_off(lab_export, tmp_path, 12)
+    register(project, lab_export)
+    first = snapshot(project)
+    frozen = read_manifest(first.folder / snapshots.MANIFEST_FILE)
+    register(project, later)
+    snapshot(project)
+    assert not snapshots.snapshot_on_hand(project, first.record.snapshot_id).restored
+
+    worker = on_another_machine(project, tmp_path / "gpu-node")
+    try:
+        on_hand = snapshots.snapshot_on_hand(worker, first.record.snapshot_id)
+        assert on_hand.restored
+        assert on_hand.data_dir.is_relative_to(worker.settings.home)
+        assert on_hand.manifest.equals(frozen)  # the first snapshot's 12 images, not 24
+        for path in on_hand.manifest["path"]:
+            assert filecmp.cmp(project.settings.data_dir / path, on_hand.data_dir / path, False)
+        assert not (worker.settings.data_dir / "snapshots").exists()
+
+        shutil.rmtree(project.settings.dvc_remote_url)  # the cache serves it from now on
+        again = snapshots.snapshot_on_hand(worker, first.record.snapshot_id)
+        assert again.data_dir == on_hand.data_dir and again.manifest.equals(frozen)
+    finally:
+        worker.close()
+
+
+def test_an_image_that_differs_from_the_manifest_after_a_restore_is_refused(
+    project, lab_export, tmp_path
+):
+    register(project, lab_export)
+    taken = snapshot(project)
+    image = read_manifest(taken.folder / snapshots.MANIFEST_FILE).iloc[3]
+    remote = Path(project.settings.dvc_remote_url)
+    stored = [p for p in remote.rglob("*") if p.is_file() and p.read_bytes() == (
+        project.settings.data_dir / image["path"]).read_bytes()]  # fmt: skip
+    assert stored, "the image is in the DVC remote"
+    for copy in stored:
+        copy.write_bytes(b"not the image that was confirmed")
+
+    worker = on_another_machine(project, tmp_path / "gpu-node")
+    try:
+        with pytest.raises(snapshots.SnapshotCorrupt, match=rf"row 5: {image['path']} .*sha256"):
+            snapshots.snapshot_on_hand(worker, taken.record.snapshot_id)
+        cache = worker.settings.home / snapshots.SNAPSHOT_CACHE
+        assert not list(cache.glob(f"*/{snapshots.VERIFIED_MARK}"))  # never trusted later
+    finally:
+        worker.close()

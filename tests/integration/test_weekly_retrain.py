@@ -194,11 +194,13 @@ def assert_the_next_challenger_starts_from_champion_1() -> None:
     import keras
 
     from usecases.challenger_training import initialization
+    from usecases.snapshots import snapshot_on_hand
 
     with opened() as app:
         params = app.params()
         config = params.train.config()
-        snapshot = app.label_registry().snapshots()[-1].snapshot_id
+        snapshot = snapshot_on_hand(app, app.label_registry().snapshots()[-1].snapshot_id)
+        assert not snapshot.restored  # the data folder that took it holds it
         start = initialization(app, params, config, snapshot)
         assert start.initialized_from == "melanoma-resnet50 version 1"
         assert start.warm_generation == 1 and start.warm_start is not None
