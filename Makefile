@@ -72,6 +72,11 @@ backtest: setup ## Replay ../shared/data/ham10000 weekly: the loop against resta
 # built once, and the session's trained installation once per worker that needs it.
 test: setup ## Run every test (unit, integration against PostgreSQL on 127.0.0.1:5432).
 	$(UV) run --locked pytest -n 2 --dist loadscope --no-loadscope-reorder --durations=15 \
+		--ignore=tests/e2e $(PYTEST_ARGS)
+
+# One process: the tests share one installation and run in file order (faults last).
+e2e: setup ## The production topology as processes: a week of the clinic, faults, load.
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(UV) run --locked pytest tests/e2e --durations=0 \
 		$(PYTEST_ARGS)
 
 test-fast: setup ## Unit tests only (the edit loop, under 3 minutes).
@@ -94,4 +99,4 @@ bench: setup ## Benchmarks on the shared HAM10000 copy (prints figures and ratio
 clean: ## Remove the embedded stores and generated data (.cme/, data/, data.dvc, DVC cache).
 	rm -rf .cme data data.dvc .dvc/cache .dvc/tmp
 
-.PHONY: help setup demo backtest test test-fast lint bench clean
+.PHONY: help setup demo backtest test test-fast e2e lint bench clean
