@@ -15,6 +15,9 @@ from pipelines.errors import Refused
 
 WORK_POOLS = ("cpu", "gpu")
 PREFECT_FILE = "prefect.yaml"
+CRASH_DETECTION = "cme: a run whose heartbeats stopped crashed"
+MISSED_HEARTBEATS = 3  # a run silent this many heartbeats is gone, not slow
+RUN_IS_ALIVE = ("heartbeat", "Completed", "Failed", "Cancelled", "Crashed")  # or over
 
 
 class DeployFailed(Refused):
@@ -83,6 +86,48 @@ def ensure_work_pools(pools: tuple[str, ...] = WORK_POOLS) -> list[str]:
                 continue
             created.append(name)
     return created
+
+
+def ensure_crash_detection() -> bool:
+    """The automation that marks a run Crashed when its heartbeats stop (its worker's machine
+    died mid-run): without it the run stays Running forever, and so does the weekly retrain
+    waiting on it. Its window is MISSED_HEARTBEATS times the heartbeat the workers use
+    (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, the same setting here as on the workers). Returns
+    whether it was created (False: it exists)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+    from prefect.settings import get_current_settings
+
+    with get_client(sync_client=True) as client:
+        if client.read_automations_by_name(name=CRASH_DETECTION):
+            return False
+    heartbeat = get_current_settings().flows.heartbeat_frequency or 60
+    Automation(
+        name=CRASH_DETECTION,
+        description="Flow runs that stopped sending heartbeats are marked Crashed.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={f"prefect.flow-run.{event}" for event in RUN_IS_ALIVE},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=MISSED_HEARTBEATS * heartbeat),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {MISSED_HEARTBEATS * heartbeat} s: its worker is gone",
+            )
+        ],
+    ).create()
+    return True
 
 
 def deploy(settings: Settings, prefect_file: Path) -> str:

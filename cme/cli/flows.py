@@ -73,15 +73,23 @@ def deploy(
         Path(PREFECT_FILE), "--prefect-file", help="The deployments to apply."
     ),
 ) -> None:
-    """Create the `cpu` and `gpu` work pools if missing and apply prefect.yaml's deployments
+    """Create the `cpu` and `gpu` work pools and the crash detection of runs whose worker died
+    if missing, and apply prefect.yaml's deployments
     (weekly retrain Monday 02:00 in $CME_SCHEDULE_TIMEZONE, promotion every 10 minutes,
     inbox hourly) to the Prefect server at PREFECT_API_URL."""
-    from cme.orchestration import DeployFailed, ensure_work_pools
+    from cme.orchestration import (
+        CRASH_DETECTION,
+        DeployFailed,
+        ensure_crash_detection,
+        ensure_work_pools,
+    )
     from cme.orchestration import deploy as apply_deployments
 
     settings = _prefect_ready()
     for pool in ensure_work_pools():
         typer.echo(f"created work pool {pool}")
+    created = ensure_crash_detection()
+    typer.echo(f"automation {CRASH_DETECTION!r}: {'created' if created else 'exists'}")
     try:
         output = apply_deployments(settings, prefect_file)
     except DeployFailed as error:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 from sqlalchemy import create_engine, text
 
@@ -36,6 +37,9 @@ from tests.prefect_support import ROOT, write_project
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 180.0
+# Prefect's shortest heartbeat (compose: 60 s), so that a dead worker's run is found crashed
+# within about 90 s.
+HEARTBEAT = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
 ADMIN = "admin"
 ACCOUNTS = {  # compose's service accounts: the prefix of their docker/.env variables
     "CME_PIPELINE_MLFLOW": "pipeline",
@@ -125,9 +129,14 @@ class Service:
         self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the group at once: the machine gone, nothing cleaned up."""
+        """SIGKILL the process and everything it started (a flow run in a session of its
+        own too), at once: the machine gone, nothing cleaned up."""
         if self.process is None:
             return
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
@@ -304,7 +313,7 @@ class Topology:
 
     def initialise(self) -> list[str]:
         """docker/init/init-platform.sh, twice (idempotent: the second creates nothing)."""
-        env = self.environment("init")
+        env = self.environment("init") | HEARTBEAT  # the crash detection's window follows it
         command = ["bash", "docker/init/init-platform.sh"]
         return [self.run_once("init", command, env) for _ in range(2)]
 
@@ -315,7 +324,7 @@ class Topology:
         env = self.environment(name, machine) | {
             "PREFECT_WORKER_WEBSERVER_HOST": LOOPBACK, "PREFECT_WORKER_WEBSERVER_PORT": str(port),
             "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick runs up at once (default 10 s)
-        }  # fmt: skip
+        } | HEARTBEAT  # fmt: skip
         for folder in (machine.home, machine.data_dir):
             folder.mkdir(parents=True, exist_ok=True)
         service = self.start(name, dockerfile_command(dockerfile), env, self.project)
