@@ -45,7 +45,6 @@ SLOWEST_MODULES_FIRST = (
     "unit/test_classifier.py",
     "integration/test_evaluation_run.py",
     "integration/test_serving.py",
-    "integration/test_production_init.py",
     "integration/test_deployments.py",
     "integration/test_dataset_pipeline.py",
 )

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from mlflow import MlflowClient
 
@@ -27,6 +28,7 @@ from tests.mlflow_server import MlflowServer, _free_port, start_mlflow_server
 SECRET = "test-only-webhook-secret-" + "x" * 16
 START_TIMEOUT_S = 60.0
 DELIVERY_TIMEOUT_S = 20.0
+T = TypeVar("T")
 """How long a test waits for what a webhook sets off: MLflow delivers within a second or
 two (its list of webhooks is cached for a second in tests)."""
 
@@ -81,7 +83,7 @@ def champion_of(installation: WebhookInstallation) -> str | None:
     return found.version if found is not None else None
 
 
-def eventually(what: Callable[[], object], timeout_s: float = DELIVERY_TIMEOUT_S) -> object:
+def eventually(what: Callable[[], T], timeout_s: float = DELIVERY_TIMEOUT_S) -> T:
     """`what()` once it is truthy; the last value when the time is up."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy import create_engine, text
 
 from tests.e2e.topology import LOOPBACK, Topology, prefect_api
+from tests.webhook_support import eventually
 from usecases.sample_data import SampleSpec, write_sample_data
 
 RUN_TIMEOUT_S = 600
@@ -43,15 +43,6 @@ def signed_in(topology: Topology, prefix: str, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     return MlflowClient(topology.mlflow_url)
-
-
-def eventually(check: Any, timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.5)
 
 
 def label_registry_url(topology: Topology) -> str:
@@ -132,3 +123,15 @@ def retrain_lease_holder(topology: Topology) -> str | None:
         return lease.holder if lease is not None else None
     finally:
         leases.close()
+
+
+def task_states(topology: Topology, flow_run_id: Any) -> dict[str, str]:
+    """The flow run's tasks by name, each with its latest state's name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with prefect_api(topology), get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs if run.state}

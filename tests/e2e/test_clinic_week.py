@@ -70,12 +70,13 @@ def test_a_week_of_the_clinic_from_the_inbox_to_the_scoring_service(
     reviewer.set_model_version_tag(topology.model_name, version.version, "approval", "approved")
 
     # The webhook receiver promotes at once.
-    assert eventually(lambda: champion(topology, reviewer)) == version.version
+    assert eventually(lambda: champion(topology, reviewer), 60) == version.version
     promotion = run_deployment(topology, "promotion/every-10-minutes")  # the safety net
     assert promotion.state.is_completed(), promotion.state
     assert champion(topology, reviewer) == version.version
 
-    scoring = topology.start_scoring()
+    # Following the alias every 2 s instead of 30, for the load test's alias moves.
+    scoring = topology.start_scoring("--poll-seconds", "2")
     image = min((export / "images").iterdir())
     answer = score(scoring, image.read_bytes())
     assert answer["predictions"][0]["model_version"] == version.version

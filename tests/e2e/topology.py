@@ -174,6 +174,7 @@ class Topology:
     mlflow_url: str = ""
     prefect_api: str = ""
     webhook_port: int = 0
+    scoring_url: str = ""
     services: dict[str, Service] = field(default_factory=dict)
 
     init_outputs: list[str] = field(default_factory=list)
@@ -332,13 +333,22 @@ class Topology:
                       service)  # fmt: skip
         return service
 
-    def start_scoring(self) -> str:
+    def start_scoring(self, *options: str) -> str:
+        """compose's `scoring` (`cme serve`, the serving account), with `options` added."""
         port = free_port()
         command = compose_command("scoring", {"0.0.0.0": LOOPBACK, "5001": str(port)})
-        service = self.start("scoring", command, self.environment("scoring"), self.project)
-        url = f"http://{LOOPBACK}:{port}"
-        self.wait_for("the scoring service's /ping", lambda: answers(f"{url}/ping"), service)
-        return url
+        env = self.environment("scoring")
+        service = self.start("scoring", [*command, *options], env, self.project)
+        self.scoring_url = f"http://{LOOPBACK}:{port}"
+        ping = f"{self.scoring_url}/ping"
+        self.wait_for("the scoring service's /ping", lambda: answers(ping), service)
+        return self.scoring_url
+
+    def restart(self, name: str) -> None:
+        """Stop a long-running service and start it again as it was (a server restarted)."""
+        old = self.services[name]
+        old.stop()
+        self.start(name, old.command, old.env, old.cwd)
 
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):
