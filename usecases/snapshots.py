@@ -59,6 +59,7 @@ MANIFEST_FILE = "manifest.csv"
 DRIFT_FILE = "drift.json"
 SNAPSHOT_CACHE = "snapshot-cache"
 VERIFIED_MARK = ".cme-verified"
+CACHED_SNAPSHOTS = 2  # restored data folders a worker keeps (the week's and the one before)
 
 
 class SnapshotError(BadInput):
@@ -187,9 +188,23 @@ def _restored_once(platform: Platform, record: SnapshotRecord) -> Path:
         DataVersioning(cache, cache / "unused", platform.workspace.dvc_remote_url,
                        remote_endpoint=platform.workspace.dvc_remote_endpoint,
                        ).restore(record.dvc_hash, target)  # fmt: skip
-        _check_restored(record, target)
+        try:
+            _check_restored(record, target)
+        except SnapshotCorrupt:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
         write_atomically(target / VERIFIED_MARK, record.manifest_sha256.encode())
+    _forget_older_restores(cache)
     return target
+
+
+def _forget_older_restores(cache: Path) -> None:
+    """Only the CACHED_SNAPSHOTS most recently restored data folders stay (each is a whole
+    copy); DVC's own cache beside them keeps every image once, so an older one comes back
+    from there without the remote."""
+    marks = sorted(cache.glob(f"*/{VERIFIED_MARK}"), key=lambda mark: mark.stat().st_mtime)
+    for mark in marks[:-CACHED_SNAPSHOTS]:
+        shutil.rmtree(mark.parent, ignore_errors=True)
 
 
 def _check_restored(record: SnapshotRecord, data_dir: Path) -> None:
