@@ -176,7 +176,6 @@ class Topology:
     webhook_port: int = 0
     scoring_url: str = ""
     services: dict[str, Service] = field(default_factory=dict)
-
     init_outputs: list[str] = field(default_factory=list)
 
     @property
