@@ -150,7 +150,12 @@ class SnapshotOnHand:
 
     @property
     def folder(self) -> Path:
-        return self.data_dir / "snapshots" / self.record.snapshot_id
+        return snapshot_folder(self.data_dir, self.record.snapshot_id)
+
+
+def snapshot_folder(data_dir: Path, snapshot_id: str) -> Path:
+    """Where a data folder keeps a snapshot's manifest and reports (data/snapshots/<id>)."""
+    return data_dir / "snapshots" / snapshot_id
 
 
 def snapshot_on_hand(platform: Platform, snapshot_id: str) -> SnapshotOnHand:
@@ -168,7 +173,7 @@ def snapshot_on_hand(platform: Platform, snapshot_id: str) -> SnapshotOnHand:
     if not record.dvc_hash:
         raise SnapshotError(f"snapshot {snapshot_id} has no DVC hash to restore it from")
     data_dir = _restored_once(platform, record)
-    manifest = read_manifest(data_dir / "snapshots" / snapshot_id / MANIFEST_FILE)
+    manifest = read_manifest(snapshot_folder(data_dir, snapshot_id) / MANIFEST_FILE)
     return SnapshotOnHand(record, manifest, data_dir, restored=True)
 
 
@@ -208,7 +213,7 @@ def _forget_older_restores(cache: Path) -> None:
 
 
 def _check_restored(record: SnapshotRecord, data_dir: Path) -> None:
-    manifest_file = data_dir / "snapshots" / record.snapshot_id / MANIFEST_FILE
+    manifest_file = snapshot_folder(data_dir, record.snapshot_id) / MANIFEST_FILE
     if not manifest_file.is_file():
         raise SnapshotCorrupt(f"DVC version {record.dvc_hash} holds no {manifest_file.name} "
                               f"for snapshot {record.snapshot_id}")  # fmt: skip

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import psutil
 import yaml
 from sqlalchemy import create_engine, text
 
+from tests.mlflow_server import _free_port as free_port
 from tests.prefect_support import ROOT, write_project
 
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
@@ -75,13 +75,6 @@ def compose_environment(service: str, variables: Mapping[str, str]) -> dict[str,
     environment = compose_services()[service].get("environment") or {}
     assert isinstance(environment, dict), f"{service}: environment as a mapping"
     return {name: interpolate(str(value), variables) for name, value in environment.items()}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def answers(url: str, headers: Mapping[str, str] | None = None) -> bool:
