@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +41,8 @@ START_TIMEOUT_S = 180.0
 # Prefect's shortest heartbeat (compose: 60 s), so that a dead worker's run is found crashed
 # within about 90 s.
 HEARTBEAT = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+RESTARTED = ("always", "unless-stopped", "on-failure")  # compose's restart policies that do
+SUPERVISION_S = 1.0
 ADMIN = "admin"
 ACCOUNTS = {  # compose's service accounts: the prefix of their docker/.env variables
     "CME_PIPELINE_MLFLOW": "pipeline",
@@ -88,14 +91,21 @@ def answers(url: str, headers: Mapping[str, str] | None = None) -> bool:
 
 @dataclass
 class Service:
-    """One compose service, running as a process group with its log in a file."""
+    """One compose service, running as a process group with its log in a file. Its compose
+    `restart` policy applies once the topology is supervised: one that exits on its own is
+    started again, as Docker would; one stopped or killed on purpose stays down."""
 
     name: str
     command: list[str]
     env: dict[str, str]
     cwd: Path
     log_file: Path
+    restart_policy: str = "no"
+    health_url: str = ""
     process: subprocess.Popen[bytes] | None = None
+    left_down: bool = False
+    restarts: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(self) -> Service:
         with self.log_file.open("ab") as log:
@@ -111,10 +121,28 @@ class Service:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def restarted_when_it_exits(self) -> bool:
+        return self.restart_policy in RESTARTED and not self.left_down
+
+    def restart_if_exited(self) -> None:
+        """Docker's part of `restart: unless-stopped`: an exited container started again."""
+        with self._lock:
+            if not self.restarted_when_it_exits or self.process is None:
+                return
+            code = self.process.poll()
+            if code is None or (self.restart_policy == "on-failure" and code == 0):
+                return
+            self.restarts += 1
+            with self.log_file.open("a") as log:
+                log.write(f"== exited with {code}; restart: {self.restart_policy} again\n")
+            self.start()
+
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the whole group (the worker and the flow runs it started), then SIGKILL."""
         if self.process is None:
             return
+        self._leave_down()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -126,6 +154,7 @@ class Service:
         own too), at once: the machine gone, nothing cleaned up."""
         if self.process is None:
             return
+        self._leave_down()
         with contextlib.suppress(psutil.NoSuchProcess):
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 with contextlib.suppress(psutil.NoSuchProcess):
@@ -133,6 +162,10 @@ class Service:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+
+    def _leave_down(self) -> None:
+        with self._lock:
+            self.left_down = True
 
     def tail(self, lines: int = 25) -> str:
         try:
@@ -170,6 +203,8 @@ class Topology:
     scoring_url: str = ""
     services: dict[str, Service] = field(default_factory=dict)
     init_outputs: list[str] = field(default_factory=list)
+    _supervising: threading.Event = field(default_factory=threading.Event, repr=False)
+    _supervisor: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def model_name(self) -> str:
@@ -221,21 +256,39 @@ class Topology:
         node = self.folder / "gpu-node"
         return Machine(node / ".cme", node / "data")
 
-    def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path) -> Service:
+    def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path,
+              health_url: str = "") -> Service:  # fmt: skip
         logs = self.folder / "logs"
         logs.mkdir(exist_ok=True)
-        service = Service(name, command, env, cwd, logs / f"{name}.log").start()
-        self.services[name] = service
+        policy = str(compose_services()[name].get("restart", "no"))
+        service = Service(name, command, env, cwd, logs / f"{name}.log", policy, health_url)
+        self.services[name] = service.start()
         return service
+
+    def supervise(self) -> None:
+        """From now on, compose's restart policies apply (Docker's restarts, every second)."""
+
+        def supervision() -> None:
+            while not self._supervising.wait(SUPERVISION_S):
+                for service in list(self.services.values()):
+                    service.restart_if_exited()
+
+        self._supervisor = threading.Thread(target=supervision, name="restart-policy",
+                                            daemon=True)  # fmt: skip
+        self._supervisor.start()
 
     def wait_for(self, what: str, ready: Callable[[], bool], service: Service | None) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready():
-            if service is not None and not service.running:
+            if service is not None and not service.running and not self.will_restart(service):
                 raise RuntimeError(f"{service.name} exited before {what}:\n{service.tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no {what} within {START_TIMEOUT_S:.0f} s\n{self.tails()}")
             time.sleep(0.5)
+
+    def will_restart(self, service: Service) -> bool:
+        """Whether the service, exited, will be started again by its restart policy."""
+        return self._supervisor is not None and service.restarted_when_it_exits
 
     def run_once(self, name: str, command: list[str], env: dict[str, str]) -> str:
         """A one-shot service (compose's init containers): its output, or the failure."""
@@ -249,7 +302,8 @@ class Topology:
         return done.stdout
 
     def tails(self) -> str:
-        return "\n".join(f"---- {name} ({service.log_file})\n{service.tail()}"
+        return "\n".join(f"---- {name} ({service.log_file}, restarted {service.restarts}x by its"
+                         f" policy)\n{service.tail()}"
                          for name, service in self.services.items())  # fmt: skip
 
     def prefect_headers(self) -> dict[str, str]:
@@ -320,9 +374,9 @@ class Topology:
         } | HEARTBEAT  # fmt: skip
         for folder in (machine.home, machine.data_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        service = self.start(name, dockerfile_command(dockerfile), env, self.project)
-        self.wait_for(f"{name}'s /health", lambda: answers(f"http://{LOOPBACK}:{port}/health"),
-                      service)  # fmt: skip
+        health = f"http://{LOOPBACK}:{port}/health"
+        service = self.start(name, dockerfile_command(dockerfile), env, self.project, health)
+        self.wait_for(f"{name}'s /health", lambda: answers(health), service)
         return service
 
     def start_scoring(self, *options: str) -> str:
@@ -340,9 +394,12 @@ class Topology:
         """Stop a long-running service and start it again as it was (a server restarted)."""
         old = self.services[name]
         old.stop()
-        self.start(name, old.command, old.env, old.cwd)
+        self.start(name, old.command, old.env, old.cwd, old.health_url)
 
     def stop(self) -> None:
+        self._supervising.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
         for service in reversed(list(self.services.values())):
             service.stop()
 
@@ -433,6 +490,7 @@ def running_topology(folder: Path) -> Iterator[Topology]:
         topology.start_webhooks()
         topology.start_worker("cpu", topology.cpu_machine)
         topology.start_worker("gpu", topology.gpu_machine)
+        topology.supervise()
         yield topology
     finally:
         topology.stop()
