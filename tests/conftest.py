@@ -40,6 +40,7 @@ SLOWEST_MODULES_FIRST = (
     "integration/test_training_run.py",
     "integration/test_demo.py",
     "integration/test_weekly_retrain.py",
+    "unit/test_backbones.py",
     "integration/test_backtest_run.py",
     "integration/test_batch_screening.py",
     "unit/test_classifier.py",

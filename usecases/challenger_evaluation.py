@@ -5,6 +5,7 @@ the challenger (promoted at once only when it passed and the policy asks no appr
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.errors import BadInput
+from pipelines.training.backbones import ARCHITECTURE_TAGS, architecture_of
 from registry.models import CHAMPION
 from registry.promotion import ChampionLifecycle, GateRecord, Outcome
 from usecases.challenger_training import (
@@ -34,7 +36,7 @@ MODEL_URI_TAG = "model_uri"
 RETRAIN_TAG = "retrain_id"  # the weekly retrain (flow run) a training run belongs to
 LINEAGE_TAGS = (
     "snapshot_id", "dvc_hash", "git_commit", "manifest_sha256", "labels_as_of",
-    INITIALIZED_FROM_TAG, INIT_REASON_TAG, WARM_GENERATION_TAG,
+    INITIALIZED_FROM_TAG, INIT_REASON_TAG, WARM_GENERATION_TAG, *ARCHITECTURE_TAGS,
 )  # fmt: skip
 
 
@@ -98,7 +100,7 @@ def evaluate(
     snapshot = snapshot_on_hand(platform, tags["snapshot_id"])
     manifest, data_dir = snapshot.manifest, snapshot.data_dir
     cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    challenger = _scored(tags[MODEL_URI_TAG], manifest, cases, data_dir, params)
+    challenger = _scored(tags, manifest, cases, data_dir, params)
     champion = _scored_champion(champions, cases, data_dir)
     settings = params.evaluate.settings(alpha=params.gate.alpha)
     report = evaluate_on_test_set(tags["snapshot_id"], cases, challenger, champion, settings)
@@ -161,13 +163,19 @@ def _loaded(model_uri: str) -> Any:
 
 
 def _scored(
-    model_uri: str, manifest: pd.DataFrame, cases: pd.DataFrame, data_dir: Path, params: Params
+    tags: Mapping[str, str],
+    manifest: pd.DataFrame,
+    cases: pd.DataFrame,
+    data_dir: Path,
+    params: Params,
 ) -> ScoredModel:
-    """The challenger at its operating threshold: its own, or the highest threshold that
-    reaches the policy's target sensitivity on the validation split."""
+    """The challenger (of the training run with `tags`) at its operating threshold: its
+    own, or the highest threshold that reaches the policy's target sensitivity on the
+    validation split."""
     from pipelines.evaluation.evaluate import ScoredModel
     from pipelines.evaluation.metrics import threshold_for_sensitivity
 
+    model_uri = tags[MODEL_URI_TAG]
     model = _loaded(model_uri)
     probabilities = score(model, cases, data_dir)
     threshold = _configured_threshold(model)
@@ -178,7 +186,7 @@ def _scored(
         threshold = threshold_for_sensitivity(
             validation["label"].to_numpy(), val_probabilities, target
         )
-    return ScoredModel(model_uri, None, threshold, probabilities)
+    return ScoredModel(model_uri, None, threshold, probabilities, architecture_of(tags))
 
 
 def _scored_champion(
@@ -194,7 +202,8 @@ def _scored_champion(
     model = _loaded(version.uri)
     probabilities = score(model, cases, data_dir)
     threshold = float(version.tags.get("threshold", _configured_threshold(model)))
-    return ScoredModel(version.uri, version.version, threshold, probabilities)
+    architecture = architecture_of(version.tags)
+    return ScoredModel(version.uri, version.version, threshold, probabilities, architecture)
 
 
 def _configured_threshold(model: Any) -> float:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipelines.errors import BadInput
+from pipelines.training.backbones import APPROACH_TAG
 from registry.labels import SnapshotRecord
 from registry.models import CHAMPION
 from usecases.lineage import git_commit
@@ -147,19 +148,25 @@ def initialization(
     drift = snapshot_drift_warnings(snapshot.folder) if params.retrain.full_on_drift else []
     if drift:
         return Initialization(base, f"full retrain on drift: {'; '.join(drift)}", 0)
-    return _from_champion(platform, config, champion.version, generation, base)
+    approach = champion.tags.get(APPROACH_TAG) or "fine_tune"  # before there were others
+    return _from_champion(platform, config, (champion.version, approach), generation, base)
 
 
 def _from_champion(
-    platform: Platform, config: TrainConfig, version: str, generation: int, base: str
+    platform: Platform,
+    config: TrainConfig,
+    champion: tuple[str, str],  # its version, and the approach that trained it
+    generation: int,
+    base: str,
 ) -> Initialization:
     from pipelines.training.tracking import load_classifier
     from pipelines.training.warm_start import WarmStart, champion_classifier, why_not_warm
 
     name = platform.workspace.model_name
     served = load_classifier(f"models:/{name}@{CHAMPION}")
+    version, approach = champion
     classifier = champion_classifier(served)
-    refusal = why_not_warm(classifier, config)
+    refusal = why_not_warm(classifier, config, approach)
     if refusal is not None or classifier is None:
         return Initialization(base, f"cannot start from version {version}: {refusal}", 0)
     source = f"{name} version {version}"

@@ -13,6 +13,7 @@ from pipelines.dataset import SplitFractions
 from pipelines.errors import BadInput
 from pipelines.gate import GatePolicy, MetricRule, Mode, SubgroupMetric
 from pipelines.monitoring import MonitorPolicy
+from pipelines.training.backbones import ConvnetShape
 from pipelines.training.config import Augmentation, TrainConfig, TrainConfigError
 from pipelines.validation.bounds import DriftThresholds, ManifestBounds
 from registry.labels import LABEL_SOURCES, IntakeRules
@@ -119,8 +120,13 @@ class DriftParams(_Section):
 class TrainParams(_Section):
     image_size: int = Field(default=224, ge=32)
     batch_size: int = Field(default=32, ge=1)
+    backbone: str = "resnet50"
+    approach: Literal["fine_tune", "feature_extraction", "convnet"] = "fine_tune"
+    convnet_filters: tuple[int, ...] = Field(default=(32, 64, 128, 256, 512), min_length=1)
+    convnet_dense_units: int = Field(default=256, ge=1)
+    convnet_l2: float = Field(default=1e-4, ge=0)
     weights: str = "imagenet"
-    unfreeze_from: str = "conv5"
+    unfreeze_from: str = "last"
     dropout: float = Field(default=0.3, ge=0, lt=1)
     head_epochs: int = Field(default=2, ge=0)
     head_learning_rate: float = Field(default=1e-3, gt=0)
@@ -150,10 +156,12 @@ class TrainParams(_Section):
     warm_epochs: int = Field(default=3, ge=1)
 
     def config(self) -> TrainConfig:
-        values = self.model_dump(exclude={"augmentation", "zoom", "colour_jitter"})
+        convnet = {"convnet_filters", "convnet_dense_units", "convnet_l2"}
+        values = self.model_dump(exclude={"augmentation", "zoom", "colour_jitter", *convnet})
         augmentation = Augmentation(self.augmentation, self.zoom, self.colour_jitter)
+        shape = ConvnetShape(self.convnet_filters, self.convnet_dense_units, self.convnet_l2)
         try:
-            return TrainConfig(**values, augmentation=augmentation)
+            return TrainConfig(**values, augmentation=augmentation, convnet=shape)
         except TrainConfigError as error:
             raise ParamsError(str(error)) from None
 

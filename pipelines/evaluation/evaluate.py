@@ -49,6 +49,7 @@ class ScoredModel:
     version: str | None
     threshold: float
     probabilities: npt.NDArray[np.float64]
+    architecture: str = ""  # what it is built of, as its run or version records it
 
 
 def evaluate_on_test_set(
@@ -87,6 +88,7 @@ def _evaluation(
         role=role,
         model_uri=model.model_uri,
         version=model.version,
+        architecture=model.architecture,
         metrics=binary_metrics(labels, model.probabilities, model.threshold),
         subgroups=subgroup_table(
             cases,

@@ -28,10 +28,13 @@ class ModelEvaluation:
     version: str | None
     metrics: BinaryMetrics
     subgroups: tuple[SubgroupRow, ...]
+    architecture: str = ""  # e.g. "densenet201, feature_extraction"; "" when not recorded
 
     @property
     def name(self) -> str:
-        return f"{self.role} (version {self.version})" if self.version else self.role
+        about = [f"version {self.version}"] if self.version else []
+        about += [self.architecture] if self.architecture else []
+        return f"{self.role} ({'; '.join(about)})" if about else self.role
 
     def subgroup(self, attribute: str, group: str) -> SubgroupRow | None:
         for row in self.subgroups:
@@ -46,6 +49,7 @@ class ModelEvaluation:
             "version": self.version,
             "metrics": self.metrics.to_dict(),
             "subgroups": [row.to_dict() for row in self.subgroups],
+            "architecture": self.architecture,
         }
 
     @classmethod
@@ -56,6 +60,7 @@ class ModelEvaluation:
             version=data["version"],
             metrics=BinaryMetrics.from_dict(data["metrics"]),
             subgroups=tuple(SubgroupRow.from_dict(row) for row in data["subgroups"]),
+            architecture=str(data.get("architecture", "")),
         )
 
 

@@ -3,12 +3,14 @@ sees it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.errors import BadInput
+from pipelines.training.backbones import BACKBONES, CONVNET, Backbone, ConvnetShape
 
+Approach = Literal["fine_tune", "feature_extraction", "convnet"]
 Imbalance = Literal["class_weight", "oversample", "none"]
 MixedPrecision = Literal["auto", "on", "off"]
 Schedule = Literal["constant", "cosine"]
@@ -18,7 +20,8 @@ TestTimeAugmentation = Literal["none", "dihedral"]
 IMAGENET = "imagenet"
 NO_WEIGHTS = "none"
 ALL_LAYERS = "all"
-RESNET50_BLOCKS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+LAST_BLOCK = "last"
+APPROACHES: tuple[Approach, ...] = ("fine_tune", "feature_extraction", "convnet")
 
 
 class TrainConfigError(BadInput, ValueError):
@@ -42,8 +45,11 @@ class Augmentation:
 class TrainConfig:
     image_size: int = 224
     batch_size: int = 32
-    weights: str = IMAGENET  # imagenet | none | path to a ResNet50 notop weights file
-    unfreeze_from: str = "conv5"  # first block trained when fine-tuning, or `all`
+    backbone: str = "resnet50"  # one of BACKBONES (not read by the convnet approach)
+    approach: Approach = "fine_tune"
+    convnet: ConvnetShape = field(default_factory=ConvnetShape)  # the convnet approach's size
+    weights: str = IMAGENET  # imagenet | none | path to the backbone's notop weights file
+    unfreeze_from: str = LAST_BLOCK  # first block trained when fine-tuning, `last` or `all`
     dropout: float = 0.3
     head_epochs: int = 2
     head_learning_rate: float = 1e-3
@@ -71,16 +77,7 @@ class TrainConfig:
     warm_epochs: int = 3  # warm start: fine-tuning epochs at most (no head phase)
 
     def __post_init__(self) -> None:
-        if self.unfreeze_from not in (*RESNET50_BLOCKS, ALL_LAYERS):
-            raise TrainConfigError(
-                f"train.unfreeze_from={self.unfreeze_from!r}: expected one of "
-                f"{', '.join((*RESNET50_BLOCKS, ALL_LAYERS))}"
-            )
-        if not self.pretrained and self.unfreeze_from != ALL_LAYERS:
-            raise TrainConfigError(
-                "train.weights=none trains ResNet50 from scratch, so every layer must learn: "
-                "set train.unfreeze_from=all"
-            )
+        self._check_architecture()
         if self.warmup_epochs and self.schedule != "cosine":
             raise TrainConfigError(
                 "train.warmup_epochs only applies to train.schedule=cosine: set both, or "
@@ -114,6 +111,68 @@ class TrainConfig:
             raise TrainConfigError(f"train.warm_epochs={self.warm_epochs}: expected 1 or more")
         if self.head_epochs + self.epochs < 1:
             raise TrainConfigError("train.head_epochs + train.epochs must be at least 1")
+
+    def _check_architecture(self) -> None:
+        if self.approach not in APPROACHES:
+            raise TrainConfigError(
+                f"train.approach={self.approach!r}: expected one of {', '.join(APPROACHES)}"
+            )
+        if self.approach == CONVNET:
+            if self.weights != NO_WEIGHTS:
+                raise TrainConfigError(
+                    "train.approach=convnet learns from scratch, there are no weights to start "
+                    "from: set train.weights=none"
+                )
+            return
+        if self.backbone not in BACKBONES:
+            raise TrainConfigError(
+                f"train.backbone={self.backbone!r}: expected one of {', '.join(BACKBONES)}"
+            )
+        backbone = self.base
+        if self.image_size < backbone.min_size:
+            raise TrainConfigError(
+                f"train.image_size={self.image_size}: {backbone.name} needs images of at least "
+                f"{backbone.min_size} px"
+            )
+        if self.pretrained and backbone.imagenet_size not in (None, self.image_size):
+            raise TrainConfigError(
+                f"train.image_size={self.image_size}: {backbone.name}'s pretrained weights fit "
+                f"{backbone.imagenet_size} px images only: set train.image_size="
+                f"{backbone.imagenet_size}, or train.weights=none"
+            )
+        blocks = (*backbone.block_names, LAST_BLOCK, ALL_LAYERS)
+        if self.unfreeze_from not in blocks:
+            raise TrainConfigError(
+                f"train.unfreeze_from={self.unfreeze_from!r}: {backbone.name}'s blocks are "
+                f"{', '.join(blocks)}"
+            )
+        if self.approach == "feature_extraction" and not self.pretrained:
+            raise TrainConfigError(
+                "train.approach=feature_extraction freezes the backbone, so it needs learnt "
+                "weights: set train.weights=imagenet or a weights file"
+            )
+        if not self.pretrained and self.unfreeze_from != ALL_LAYERS:
+            raise TrainConfigError(
+                f"train.weights=none trains {backbone.name} from scratch, so every layer must "
+                "learn: set train.unfreeze_from=all"
+            )
+
+    @property
+    def base(self) -> Backbone:
+        """The pretrained backbone (not the convnet approach's)."""
+        return BACKBONES[self.backbone]
+
+    @property
+    def architecture(self) -> str:
+        """The base the classifier is built on: a backbone's name, or `convnet`."""
+        return CONVNET if self.approach == CONVNET else self.backbone
+
+    @property
+    def first_trained_block(self) -> str:
+        """The block fine-tuning trains from (`all`: every layer of the backbone)."""
+        if self.unfreeze_from == LAST_BLOCK:
+            return self.base.block_names[-1]
+        return self.unfreeze_from
 
     @property
     def pretrained(self) -> bool:

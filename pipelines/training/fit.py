@@ -1,8 +1,10 @@
-"""Two-phase fine-tuning of the classifier on a snapshot manifest -> TrainResult.
+"""Training the classifier on a snapshot manifest -> TrainResult.
 
-Phase `head` warms up the new head with the pretrained base frozen; phase `fine-tune`
-then trains the last block(s) at a low learning rate. From scratch (`weights: none`) there
-is nothing to warm up against, so only the second phase runs, over every layer. The best
+Fine-tuning (`train.approach: fine_tune`) has two phases: `head` warms up the new head with
+the pretrained backbone frozen, then `fine-tune` trains the last block(s) at a low learning
+rate. From scratch (`weights: none`, and the `convnet` approach) there is nothing to warm up
+against, so only the second phase runs, over every layer. Feature extraction trains the
+head alone, with the backbone frozen throughout. The best
 epoch by validation ROC AUC, across both phases, is the model returned. With
 `ensemble_size` > 1 that many models are trained this way, one after another, each from
 its own seed, and served as one model answering their mean probability.
@@ -32,9 +34,9 @@ from pipelines.dataset.tfdata import (
 from pipelines.durations import duration
 from pipelines.training.config import TrainConfig, TrainingDataError
 from pipelines.training.model import (
-    CLASSIFIER_NAME,
     LearningRate,
     build_classifier,
+    classifier_name,
     compile_classifier,
     dtype_policy,
     ensemble_classifier,
@@ -195,7 +197,12 @@ def _train_member(
     keras.backend.clear_session()
     keras.utils.set_random_seed(member.seed)
     strategy = _strategy(hardware)
-    name = CLASSIFIER_NAME if config.ensemble_size == 1 else member_name(index)
+    architecture = config.architecture
+    name = (
+        classifier_name(architecture)
+        if config.ensemble_size == 1
+        else member_name(index, architecture)
+    )
     with dtype_policy(hardware.precision), strategy.scope():
         model = _initialised(member, name, warm_start)
         # What is trained: the classifier itself, or it with the diagnosis head beside.
@@ -254,7 +261,7 @@ def _prepare_phase(
     if phase == "head":
         freeze_base(model)
     else:
-        unfreeze_from(model, config.unfreeze_from)
+        unfreeze_from(model, config)
     compile_classifier(
         model,
         learning_rate,
@@ -291,6 +298,15 @@ def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
 
 
 def _phases(config: TrainConfig, *, warm: bool = False) -> Iterator[tuple[str, int, float]]:
+    """(phase, epochs, learning rate): the head alone with the backbone frozen (all of
+    feature extraction), then fine-tuning; a warm start continues the champion's last."""
+    if config.approach == "feature_extraction":
+        yield (
+            "head",
+            config.warm_epochs if warm else config.head_epochs + config.epochs,
+            (config.head_learning_rate),
+        )
+        return
     if warm:
         yield "fine-tune", config.warm_epochs, config.learning_rate
         return

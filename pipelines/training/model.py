@@ -1,9 +1,9 @@
 """The melanoma classifier: raw RGB images in, the probability of melanoma out.
 
-Resizing and ResNet50's own `preprocess_input` live inside the model, so a clinical system
-sends images as they are. The pretrained base is called with `training=False`: its batch
-normalisation keeps ImageNet's statistics while the last block is fine-tuned (the keras-io
-transfer-learning guide).
+Resizing and the backbone's own `preprocess_input` live inside the model, so a clinical
+system sends images as they are. A pretrained backbone is called with `training=False`: its
+batch normalisation keeps ImageNet's statistics while its last block is fine-tuned (the
+keras-io transfer-learning guide).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, TypeAlias
 import keras
 
 from pipelines.dataset.tfdata import DIAGNOSIS_CLASSES, DIAGNOSIS_INPUT, IMAGE_INPUT
+from pipelines.training.backbones import BACKBONES, CONVNET, Preprocessing, convnet
 from pipelines.training.config import (
     ALL_LAYERS,
     IMAGENET,
@@ -23,85 +24,119 @@ from pipelines.training.config import (
     TrainConfigError,
 )
 
-IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_NOTOP_URL = (
-    f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{IMAGENET_NOTOP_FILE}"
-)
-IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
-BASE_NAME = "resnet50"
-CLASSIFIER_NAME = "melanoma_resnet50"
 FEATURES_NAME = "dropout"  # the pooled features (after dropout) that the heads read
+CONVNET_DENSE_NAME = "convnet_dense"
 SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 DIHEDRAL_VIEWS = 8  # the flips and quarter turns that leave a square image square
 
 
 class WeightsUnavailable(TrainConfigError):
-    """The ResNet50 weights asked for cannot be had here; the message names the ways out."""
+    """The backbone weights asked for cannot be had here; the message names the ways out."""
+
+
+def classifier_name(architecture: str) -> str:
+    """The classifier's Keras name: `melanoma_resnet50`, `melanoma_convnet`, ..."""
+    return f"melanoma_{architecture}"
+
+
+CLASSIFIER_NAMES = frozenset(classifier_name(name) for name in (*BACKBONES, CONVNET))
 
 
 @keras.saving.register_keras_serializable(package="cme")
-class ResNet50Preprocessing(keras.layers.Layer):
-    """`keras.applications.resnet50.preprocess_input` as a layer: RGB 0..255 to BGR with
-    ImageNet's channel means removed."""
+class BackbonePreprocessing(keras.layers.Layer):
+    """A backbone's `preprocess_input` as a layer, from RGB 0..255: `caffe` (BGR with
+    ImageNet's channel means removed), `tf` (scaled to -1..1) or `torch` (ImageNet's means
+    and deviations)."""
+
+    def __init__(self, mode: Preprocessing = "caffe", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mode = mode
 
     def call(self, inputs: Any) -> Any:
-        return keras.applications.resnet50.preprocess_input(inputs)
+        from keras.src.applications.imagenet_utils import preprocess_input
+
+        return preprocess_input(inputs, mode=self.mode)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="cme")
+class ResNet50Preprocessing(BackbonePreprocessing):
+    """What classifiers logged before there were other backbones carry (caffe mode)."""
 
 
 def resolve_weights(
-    config: TrainConfig, imagenet_origin: str = IMAGENET_NOTOP_URL, cache_dir: str | None = None
+    config: TrainConfig, imagenet_origin: str | None = None, cache_dir: str | None = None
 ) -> str | None:
-    """The weights file to start ResNet50 from (downloaded once into Keras' cache,
+    """The weights file to start the backbone from (downloaded once into Keras' cache,
     `~/.keras/models`, for `imagenet`), or None to start from scratch."""
     if config.weights == NO_WEIGHTS:
         return None
+    backbone = config.base
     if config.weights == IMAGENET:
+        imagenet = backbone.imagenet
+        origin = imagenet_origin or imagenet.url
         try:
             return str(
                 keras.utils.get_file(
-                    IMAGENET_NOTOP_FILE,
-                    imagenet_origin,
+                    imagenet.name,
+                    origin,
                     cache_subdir="models",
-                    file_hash=IMAGENET_NOTOP_MD5,
+                    file_hash=imagenet.md5,
                     cache_dir=cache_dir,
                 )
             )
         except Exception as error:  # Keras wraps every network failure in a bare Exception
             raise WeightsUnavailable(
-                f"ImageNet weights for ResNet50 could not be downloaded from {imagenet_origin} "
-                f"({error}). Either copy {IMAGENET_NOTOP_FILE} to this machine and set "
+                f"ImageNet weights for {backbone.name} could not be downloaded from {origin} "
+                f"({error}). Either copy {imagenet.name} to this machine and set "
                 "train.weights=/path/to/it, or train from scratch with train.weights=none "
                 "train.unfreeze_from=all"
             ) from None
     weights_file = config.weights_file
     if weights_file is None or not weights_file.is_file():
         raise WeightsUnavailable(
-            f"train.weights={config.weights}: no such file. Give a ResNet50 notop weights "
-            "file (.h5 or .weights.h5), imagenet, or none"
+            f"train.weights={config.weights}: no such file. Give a {backbone.name} notop "
+            "weights file (.h5 or .weights.h5), imagenet, or none"
         )
     return str(weights_file)
 
 
 def build_classifier(
-    config: TrainConfig, weights_file: str | None, name: str = CLASSIFIER_NAME
+    config: TrainConfig, weights_file: str | None, name: str | None = None
 ) -> keras.Model:
-    """ResNet50 base, global pooling, dropout and one sigmoid unit, all under the current
-    dtype policy except the input steps and the output, which stay float32."""
+    """The backbone (or the convnet), global pooling, dropout and one sigmoid unit, all
+    under the current dtype policy except the input steps and the output, which stay
+    float32."""
     size = config.image_size
     images = keras.Input(shape=(None, None, 3), dtype="float32", name=IMAGE_INPUT)
     resized = _resize_to(size)(images)
-    preprocessed = ResNet50Preprocessing(dtype="float32", name="preprocess")(resized)
-    base = _resnet50(size, weights_file)
+    if config.approach == CONVNET:
+        base, inputs = convnet(size, config.convnet, config.seed), resized
+    else:
+        base, inputs = _backbone(config, weights_file), _preprocessing(config)(resized)
     if not config.pretrained:
         _follow_batch_statistics_faster(base)
     # From scratch there are no statistics to keep: batch normalisation must learn them.
-    features = base(preprocessed, training=False if config.pretrained else None)
+    features = base(inputs, training=False if config.pretrained else None)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    if config.approach == CONVNET:  # the article's dense layer before the output
+        shape = config.convnet
+        regulariser = keras.regularizers.L2(shape.l2) if shape.l2 > 0 else None
+        pooled = keras.layers.Dense(shape.dense_units, activation="relu", name=CONVNET_DENSE_NAME,
+                                    kernel_regularizer=regulariser)(pooled)  # fmt: skip
     dropped = keras.layers.Dropout(config.dropout, seed=config.seed, name=FEATURES_NAME)(pooled)
     probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="melanoma")(
         dropped
     )
-    return keras.Model(images, probability, name=name)
+    return keras.Model(images, probability, name=name or classifier_name(config.architecture))
+
+
+def _preprocessing(config: TrainConfig) -> keras.layers.Layer:
+    mode = config.base.preprocessing
+    kind = ResNet50Preprocessing if config.backbone == "resnet50" else BackbonePreprocessing
+    return kind(mode, dtype="float32", name="preprocess")
 
 
 @keras.saving.register_keras_serializable(package="cme")
@@ -147,9 +182,9 @@ def with_diagnosis_head(classifier: keras.Model, config: TrainConfig) -> keras.M
     )
 
 
-def member_name(index: int) -> str:
+def member_name(index: int, architecture: str = "resnet50") -> str:
     """The name of the ensemble's member `index` (from 0): unique within the ensemble."""
-    return f"{CLASSIFIER_NAME}_member_{index + 1}"
+    return f"{classifier_name(architecture)}_member_{index + 1}"
 
 
 def ensemble_classifier(members: Sequence[keras.Model]) -> keras.Model:
@@ -161,7 +196,8 @@ def ensemble_classifier(members: Sequence[keras.Model]) -> keras.Model:
     images = keras.Input(shape=(None, None, 3), dtype="float32", name=IMAGE_INPUT)
     probabilities = [member(images) for member in members]
     mean = keras.layers.Average(dtype="float32", name="mean_over_members")(probabilities)
-    return keras.Model(images, mean, name=f"{CLASSIFIER_NAME}_ensemble")
+    architecture = members[0].name.removeprefix(classifier_name("")).rsplit("_member_", 1)[0]
+    return keras.Model(images, mean, name=f"{classifier_name(architecture)}_ensemble")
 
 
 @keras.saving.register_keras_serializable(package="cme")
@@ -210,14 +246,14 @@ def _resize_to(size: int) -> keras.layers.Layer:
     return keras.layers.Resizing(size, size, antialias=True, dtype="float32", name="resize")
 
 
-def _resnet50(size: int, weights_file: str | None) -> keras.Model:
+def _backbone(config: TrainConfig, weights_file: str | None) -> keras.Model:
+    backbone = config.base
+    size = config.image_size
     try:
-        return keras.applications.ResNet50(
-            include_top=False, weights=weights_file, input_shape=(size, size, 3), name=BASE_NAME
-        )
+        return backbone.build(size, weights_file)
     except ValueError as error:
         raise WeightsUnavailable(
-            f"train.weights={weights_file}: not ResNet50 notop weights ({error})"
+            f"train.weights={weights_file}: not {backbone.name} notop weights ({error})"
         ) from None
 
 
@@ -230,26 +266,26 @@ def _follow_batch_statistics_faster(base: keras.Model) -> None:
             layer.momentum = SCRATCH_BATCH_NORM_MOMENTUM
 
 
-def resnet_base(model: keras.Model) -> keras.Model:
-    base = model.get_layer(BASE_NAME)
-    assert isinstance(base, keras.Model)
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The classifier's backbone (or convnet): the one model among its layers."""
+    (base,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     return base
 
 
 def freeze_base(model: keras.Model) -> None:
-    """Warm-up: only the head learns."""
-    resnet_base(model).trainable = False
+    """Warm-up, and feature extraction: only the head learns."""
+    feature_extractor(model).trainable = False
 
 
-def unfreeze_from(model: keras.Model, block: str) -> None:
-    """Fine-tuning: `block` (conv1..conv5) and every layer after it learn; `all` trains
-    the whole base."""
-    base = resnet_base(model)
+def unfreeze_from(model: keras.Model, config: TrainConfig) -> None:
+    """Fine-tuning: the block `train.unfreeze_from` names and every layer after it learn;
+    `all`, and the convnet, train the whole base."""
+    base = feature_extractor(model)
     base.trainable = True
     first = 0
-    if block != ALL_LAYERS:
-        prefix = f"{block}_"
-        first = next(i for i, layer in enumerate(base.layers) if layer.name.startswith(prefix))
+    if config.approach != CONVNET and config.first_trained_block != ALL_LAYERS:
+        names = [layer.name for layer in base.layers]
+        first = config.base.first_layer_of(config.first_trained_block, names)
     # Each layer is set, since Keras does not undo an earlier freeze of a sublayer.
     for index, layer in enumerate(base.layers):
         layer.trainable = index >= first
@@ -335,3 +371,16 @@ def dtype_policy(name: str) -> Iterator[str]:
 
 def trainable_weights(model: keras.Model) -> int:
     return sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+
+
+def trained_parameters(config: TrainConfig) -> int:
+    """The parameters one classifier of `config` learns in its last phase: the head alone
+    in feature extraction, the blocks from `train.unfreeze_from` on and the head in
+    fine-tuning, everything in the convnet."""
+    with dtype_policy("float32"):
+        model = build_classifier(config, weights_file=None)
+    if config.approach == "feature_extraction":
+        freeze_base(model)
+    else:
+        unfreeze_from(model, config)
+    return trainable_weights(model)

@@ -19,6 +19,12 @@ import mlflow
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from pipelines.training.backbones import (
+    APPROACH_TAG,
+    BACKBONE_TAG,
+    TOTAL_PARAMETERS_TAG,
+    TRAINED_PARAMETERS_TAG,
+)
 from pipelines.training.fit import MONITOR, EpochRecord, TrainResult
 from pipelines.training.pyfunc import (
     IMAGE_COLUMN,
@@ -27,6 +33,7 @@ from pipelines.training.pyfunc import (
 )
 
 MODEL_NAME_IN_RUN = "model"
+
 CURVE_METRICS = (("loss", "loss"), ("auc", "ROC AUC"))
 
 
@@ -66,8 +73,24 @@ def log_run_inputs(config_params: Mapping[str, Any], data_params: Mapping[str, A
     mlflow.log_params(dict(data_params))
 
 
+def architecture_tags(result: TrainResult) -> dict[str, str]:
+    """What the challenger is built of and how much of it learnt (an ensemble: all members);
+    its run and model version carry them, so a gate between architectures is readable."""
+    from pipelines.training.model import trained_parameters
+
+    config = result.config
+    return {
+        BACKBONE_TAG: config.architecture,
+        APPROACH_TAG: config.approach,
+        TRAINED_PARAMETERS_TAG: str(trained_parameters(config) * config.ensemble_size),
+        TOTAL_PARAMETERS_TAG: str(result.model.count_params()),
+    }
+
+
 def log_result(result: TrainResult, example_image: bytes, model_name: str | None = None) -> str:
-    """Log the summary metrics, the learning curve and the model; return the model's URI."""
+    """Log the summary metrics, the learning curve, the architecture and the model; return
+    the model's URI."""
+    mlflow.set_tags(architecture_tags(result))
     mlflow.log_metrics(
         {
             **_best_metrics(result),

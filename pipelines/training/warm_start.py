@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from pipelines.training.config import TrainConfig
-from pipelines.training.model import BASE_NAME, CLASSIFIER_NAME, build_classifier
+from pipelines.training.model import CLASSIFIER_NAMES, build_classifier, classifier_name
 
 
 @dataclass(frozen=True)
@@ -30,28 +30,29 @@ class WarmStart:
 def champion_classifier(served: keras.Model) -> keras.Model | None:
     """The classifier inside a served model: the model itself, or the one a test-time
     augmentation wraps; None for an ensemble, whose members have no one set of weights."""
-    if served.name == CLASSIFIER_NAME:
+    if served.name in CLASSIFIER_NAMES:
         return served
-    try:
-        inner = served.get_layer(CLASSIFIER_NAME)
-    except ValueError:
-        return None
-    return inner if isinstance(inner, keras.Model) else None
+    inner = [layer for layer in served.layers if layer.name in CLASSIFIER_NAMES]
+    return inner[0] if len(inner) == 1 and isinstance(inner[0], keras.Model) else None
 
 
-def why_not_warm(champion: keras.Model | None, config: TrainConfig) -> str | None:
-    """Why the challenger of `config` cannot start from `champion`, or None when it can."""
+def why_not_warm(
+    champion: keras.Model | None, config: TrainConfig, champion_approach: str = "fine_tune"
+) -> str | None:
+    """Why the challenger of `config` cannot start from `champion` (trained by
+    `champion_approach`), or None when it can."""
     if champion is None:
         return "the champion is an ensemble: it has no one set of weights to start from"
     if config.ensemble_size > 1:
         return f"train.ensemble_size={config.ensemble_size} trains each member from its own seed"
+    if champion.name != classifier_name(config.architecture):
+        theirs = champion.name.removeprefix(classifier_name(""))
+        return f"the champion is a {theirs}, this run's backbone is {config.architecture}"
+    if champion_approach != config.approach:
+        return f"the champion was trained by {champion_approach}, this run by {config.approach}"
     size = classifier_image_size(champion)
     if size != config.image_size:
         return f"the champion reads {size} px images, this run {config.image_size} px"
-    try:
-        champion.get_layer(BASE_NAME)
-    except ValueError:
-        return f"the champion has no {BASE_NAME} backbone"
     theirs = [tuple(w.shape) for w in champion.weights]
     ours = [tuple(w.shape) for w in build_classifier(config, None).weights]
     if theirs != ours:

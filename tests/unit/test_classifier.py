@@ -23,13 +23,12 @@ from pipelines.dataset.tfdata import (
 from pipelines.training.config import TrainConfig, TrainConfigError
 from pipelines.training.fit import TrainResult, balanced_class_weight, train_classifier
 from pipelines.training.model import (
-    IMAGENET_NOTOP_FILE,
     WeightsUnavailable,
     build_classifier,
     compile_classifier,
+    feature_extractor,
     freeze_base,
     phase_learning_rate,
-    resnet_base,
     resolve_weights,
     serving_classifier,
     unfreeze_from,
@@ -89,19 +88,19 @@ def test_the_model_takes_raw_rgb_images_of_any_size(scratch_model):
 def test_warm_up_trains_only_the_head_and_fine_tuning_only_the_last_block():
     pretrained = TrainConfig(image_size=32, weights="placeholder.h5", unfreeze_from="conv5")
     model = build_classifier(pretrained, weights_file=None)
-    base = resnet_base(model)
+    base = feature_extractor(model)
 
     freeze_base(model)
     assert [w.path for w in model.trainable_weights] == [
         "melanoma/kernel", "melanoma/bias",
     ]  # fmt: skip
 
-    unfreeze_from(model, "conv5")
+    unfreeze_from(model, pretrained)
     trained = {layer.name.split("_")[0] for layer in base.layers if layer.trainable and
                layer.weights}  # fmt: skip
     assert trained == {"conv5"}
 
-    unfreeze_from(model, "all")
+    unfreeze_from(model, replace(pretrained, unfreeze_from="all"))
     assert all(layer.trainable for layer in base.layers)
 
 
@@ -113,13 +112,13 @@ def test_training_starts_from_a_local_weights_file(tmp_path):
 
     model = build_classifier(config, resolve_weights(config))
 
-    for ours, theirs in zip(resnet_base(model).weights, donor.weights, strict=True):
+    for ours, theirs in zip(feature_extractor(model).weights, donor.weights, strict=True):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
 def test_imagenet_weights_that_cannot_be_downloaded_name_the_two_ways_out(tmp_path):
     config = TrainConfig(image_size=32)  # weights: imagenet
-    closed_port = f"http://127.0.0.1:9/{IMAGENET_NOTOP_FILE}"
+    closed_port = f"http://127.0.0.1:9/{config.base.imagenet.name}"
 
     with pytest.raises(WeightsUnavailable) as raised:
         resolve_weights(config, imagenet_origin=closed_port, cache_dir=str(tmp_path))

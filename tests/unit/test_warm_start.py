@@ -85,6 +85,22 @@ def test_a_champion_of_another_architecture_is_refused_with_the_reason(champion)
     assert "own seed" in str(why_not_warm(champion, config(ensemble_size=2)))
 
 
+def test_a_champion_of_another_backbone_or_approach_is_refused_with_the_reason(champion):
+    assert why_not_warm(champion, config(backbone="vgg16")) == (
+        "the champion is a resnet50, this run's backbone is vgg16"
+    )
+    assert why_not_warm(champion, config(approach="convnet", unfreeze_from="last")) == (
+        "the champion is a resnet50, this run's backbone is convnet"
+    )
+    extracted = config(weights="imagenet", unfreeze_from="last", approach="feature_extraction")
+    assert why_not_warm(champion, extracted, champion_approach="fine_tune") == (
+        "the champion was trained by fine_tune, this run by feature_extraction"
+    )
+    convnet = config(approach="convnet")
+    keras.utils.set_random_seed(2)
+    assert why_not_warm(build_classifier(convnet, None), convnet, "convnet") is None
+
+
 @pytest.mark.parametrize(
     ("changes", "named"),
     [({"shrink": 0.0}, "train.shrink"), ({"perturb": -1.0}, "train.perturb"),
