@@ -366,6 +366,22 @@ def test_report_round_trips_through_json(report):
     assert isinstance(EvaluationReport.from_json(text).challenger.subgroups, tuple)
 
 
+def test_the_report_names_each_models_architecture_and_reads_reports_without_it(
+    cases, challenger, champion
+):
+    densenet = replace(challenger, architecture="densenet201, feature_extraction")
+    resnet = replace(champion, architecture="resnet50, fine_tune")
+    named = evaluate_on_test_set("snap", cases, densenet, resnet, FAST)
+
+    assert named.challenger.name == "challenger (densenet201, feature_extraction)"
+    assert named.versus is not None
+    assert named.versus.champion.name == "champion (version 3; resnet50, fine_tune)"
+    assert EvaluationReport.from_json(named.to_json()) == named
+    older = json.loads(named.to_json())
+    del older["challenger"]["architecture"]  # a report stored before it was recorded
+    assert EvaluationReport.from_dict(older).challenger.architecture == ""
+
+
 def test_headline_is_flat_metrics_for_mlflow(report):
     headline = report.headline()
 
