@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 INITIALIZED_FROM_TAG = "initialized_from"
 INIT_REASON_TAG = "init_reason"
+FEATURE_CACHE_FOLDER = "feature-cache"  # under $CME_HOME: feature extraction's features
 WARM_GENERATION_TAG = "warm_generation"  # warm starts in a row since the last from the base
 
 
@@ -116,6 +117,7 @@ def train(
                 work_dir=work_dir,
                 on_epoch=_logged(on_epoch),
                 warm_start=start.warm_start,
+                feature_cache=platform.workspace.home / FEATURE_CACHE_FOLDER,
             )
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)

@@ -48,6 +48,7 @@ class TrainConfig:
     backbone: str = "resnet50"  # one of BACKBONES (not read by the convnet approach)
     approach: Approach = "fine_tune"
     convnet: ConvnetShape = field(default_factory=ConvnetShape)  # the convnet approach's size
+    feature_cache: bool = True  # feature extraction: the backbone's features kept per image
     weights: str = IMAGENET  # imagenet | none | path to the backbone's notop weights file
     unfreeze_from: str = LAST_BLOCK  # first block trained when fine-tuning, `last` or `all`
     dropout: float = 0.3
@@ -151,11 +152,24 @@ class TrainConfig:
                 "train.approach=feature_extraction freezes the backbone, so it needs learnt "
                 "weights: set train.weights=imagenet or a weights file"
             )
+        if self.caches_features and (self.imbalance == "oversample" or self.learns_diagnosis):
+            raise TrainConfigError(
+                "train.approach=feature_extraction trains the head on cached features, which "
+                "cannot be oversampled with augmentation nor feed the diagnosis head: set "
+                "train.imbalance=class_weight and train.diagnosis_weight=0, or "
+                "train.feature_cache=false"
+            )
         if not self.pretrained and self.unfreeze_from != ALL_LAYERS:
             raise TrainConfigError(
                 f"train.weights=none trains {backbone.name} from scratch, so every layer must "
                 "learn: set train.unfreeze_from=all"
             )
+
+    @property
+    def caches_features(self) -> bool:
+        """Feature extraction on the cached features of a frozen backbone (no augmentation
+        of the training images: fixed features cannot be flipped or zoomed)."""
+        return self.approach == "feature_extraction" and self.feature_cache
 
     @property
     def base(self) -> Backbone:

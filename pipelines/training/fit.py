@@ -12,9 +12,10 @@ its own seed, and served as one model answering their mean probability.
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,17 @@ from pipelines.dataset.tfdata import (
 )
 from pipelines.durations import duration
 from pipelines.training.config import TrainConfig, TrainingDataError
+from pipelines.training.feature_cache import CacheUse, FeatureCache, backbone_identity
 from pipelines.training.model import (
+    FEATURES_NAME,
+    POOLED_NAME,
     LearningRate,
     build_classifier,
     classifier_name,
     compile_classifier,
     dtype_policy,
     ensemble_classifier,
+    feature_extractor,
     float32_copy,
     freeze_base,
     member_name,
@@ -99,6 +104,7 @@ class TrainResult:
     class_weight: dict[int, float] | None = None
     history: list[EpochRecord] = field(default_factory=list)
     ensemble_val_auc: float | None = None  # the served ensemble's; None for one model
+    cache_use: CacheUse | None = None  # feature extraction: features read and computed
 
     @property
     def best(self) -> EpochRecord:
@@ -134,6 +140,9 @@ class _Data:
     train: LabelledFiles
     val: Batches
     class_weight: dict[int, float] | None
+    val_files: LabelledFiles | None = None
+    sha256: Mapping[str, str] = field(default_factory=dict)  # image file -> its digest
+    feature_cache: Path | None = None  # feature extraction's cache folder
 
 
 def train_classifier(
@@ -144,11 +153,13 @@ def train_classifier(
     work_dir: Path,
     on_epoch: OnEpoch | None = None,
     warm_start: WarmStart | None = None,
+    feature_cache: Path | None = None,
 ) -> TrainResult:
-    """Fine-tune a ResNet50 classifier on the train split, choosing the best epoch on val;
-    with `train.ensemble_size` > 1, that many, each from its own seed, served as one. With
+    """Train the classifier on the train split, choosing the best epoch on val; with
+    `train.ensemble_size` > 1, that many, each from its own seed, served as one. With
     `warm_start`, the classifier starts from the champion's weights, shrunk and perturbed,
-    and trains for `train.warm_epochs` (its head needs no warm-up)."""
+    and trains for `train.warm_epochs` (its head needs no warm-up). Feature extraction
+    keeps the backbone's features in `feature_cache` (default: under `work_dir`)."""
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     train_files = labelled_files(manifest, data_dir, "train")
@@ -166,14 +177,21 @@ def train_classifier(
             diagnosis=config.learns_diagnosis,
         ),
         class_weight=_class_weight(config, train_files),
+        val_files=val_files,
+        sha256=_image_digests(manifest, data_dir) if config.caches_features else {},
+        feature_cache=feature_cache or work_dir / "feature-cache",
     )
     history: list[EpochRecord] = []
+    uses: list[CacheUse] = []
     members = [
-        _train_member(index, config, hardware, data, history, work_dir, on_epoch, warm_start)
+        _train_member(index, config, hardware, data, history, work_dir, on_epoch, warm_start, uses)
         for index in range(config.ensemble_size)
     ]
+    cache_use = (
+        CacheUse(sum(u.cached for u in uses), sum(u.computed for u in uses)) if uses else None
+    )
     served = serving_classifier(ensemble_classifier(members), config)
-    result = TrainResult(served, config, hardware, data.class_weight, history)
+    result = TrainResult(served, config, hardware, data.class_weight, history, cache_use=cache_use)
     if len(members) > 1:
         result.ensemble_val_auc = _roc_auc(served, data.val)
     return result
@@ -188,6 +206,7 @@ def _train_member(
     work_dir: Path,
     on_epoch: OnEpoch | None,
     warm_start: WarmStart | None = None,
+    cache_uses: list[CacheUse] | None = None,
 ) -> keras.Model:
     """Train one model (member `index` of an ensemble) through its phases; return it, in
     float32, with its best epoch's weights."""
@@ -207,7 +226,14 @@ def _train_member(
         model = _initialised(member, name, warm_start)
         # What is trained: the classifier itself, or it with the diagnosis head beside.
         trained = with_diagnosis_head(model, member) if member.learns_diagnosis else model
-    train_batches = _training_batches(data.train, member, hardware)
+    if member.caches_features:
+        with dtype_policy(hardware.precision), strategy.scope():
+            trained, train_batches, data, use = _on_cached_features(model, member, data,
+                                                                    hardware)  # fmt: skip
+        if cache_uses is not None:
+            cache_uses.append(use)
+    else:
+        train_batches = _training_batches(data.train, member, hardware)
     if config.ensemble_size > 1:
         work_dir = work_dir / f"member-{index + 1}"
     best_file = work_dir / BEST_WEIGHTS_FILE
@@ -255,12 +281,63 @@ def _roc_auc(model: keras.Model, batches: Batches) -> float:
     return float(roc_auc_score(labels.ravel(), np.asarray(probabilities).ravel()))
 
 
+def _image_digests(manifest: pd.DataFrame, data_dir: Path) -> dict[str, str]:
+    """Each image file's sha256: the manifest's (a snapshot records them), or read."""
+    files = [str(data_dir / path) for path in manifest["path"]]
+    if "sha256" in manifest:
+        return dict(zip(files, manifest["sha256"].astype(str), strict=True))
+    return {file: hashlib.sha256(Path(file).read_bytes()).hexdigest() for file in files}
+
+
+def _on_cached_features(
+    model: keras.Model, config: TrainConfig, data: _Data, hardware: Hardware
+) -> tuple[keras.Model, Batches, _Data, CacheUse]:
+    """Feature extraction on cached features: the model trained is the classifier's head
+    alone (its own layers, so training it trains the classifier), fed the frozen
+    backbone's features of each image, computed only for images the cache lacks."""
+    assert data.feature_cache is not None and data.val_files is not None
+    freeze_base(model)
+    pooled = model.get_layer(POOLED_NAME).output
+    extractor = keras.Model(model.input, pooled, name="features")
+    features = keras.Input(shape=(int(pooled.shape[-1]),), name="pooled_features")
+    dropped = model.get_layer(FEATURES_NAME)(features)
+    head = keras.Model(features, model.get_layer("melanoma")(dropped), name=f"{model.name}_head")
+    base = feature_extractor(model)
+    identity = backbone_identity(base.name, config.image_size, [w.numpy() for w in base.weights])
+    cache = FeatureCache(data.feature_cache, identity)
+
+    def extract(files: Sequence[str]) -> np.ndarray:
+        unlabelled = LabelledFiles(tuple(files), np.zeros(len(files), np.float32),
+                                   np.zeros(len(files), np.int64))  # fmt: skip
+        batches = evaluation_batches(unlabelled, image_size=config.image_size,
+                                     batch_size=_global_batch(config, hardware), cache="none",
+                                     name="features")  # fmt: skip
+        return np.asarray(extractor.predict(batches.dataset.map(lambda x, _: x), verbose=0))
+
+    batch = _global_batch(config, hardware)
+    train_x, train_use = cache.features([data.sha256[f] for f in data.train.files],
+                                        data.train.files, extract)  # fmt: skip
+    val_x, val_use = cache.features([data.sha256[f] for f in data.val_files.files],
+                                    data.val_files.files, extract)  # fmt: skip
+    train = tf.data.Dataset.from_tensor_slices((train_x, data.train.labels[:, None]))
+    train = train.shuffle(len(train_x), seed=config.seed, reshuffle_each_iteration=True)
+    val = tf.data.Dataset.from_tensor_slices((val_x, data.val_files.labels[:, None]))
+    use = CacheUse(train_use.cached + val_use.cached, train_use.computed + val_use.computed)
+    return (
+        head,
+        Batches(train.batch(batch).prefetch(2), len(train_x), -(-len(train_x) // batch)),
+        replace(data, val=Batches(val.batch(batch), len(val_x), -(-len(val_x) // batch))),
+        use,
+    )
+
+
 def _prepare_phase(
     model: keras.Model, phase: str, learning_rate: LearningRate, config: TrainConfig
 ) -> None:
-    if phase == "head":
+    # On cached features the head alone is trained: the backbone it was cut from is frozen.
+    if phase == "head" and not config.caches_features:
         freeze_base(model)
-    else:
+    elif phase != "head":
         unfreeze_from(model, config)
     compile_classifier(
         model,

@@ -25,6 +25,7 @@ from pipelines.training.config import (
 )
 
 FEATURES_NAME = "dropout"  # the pooled features (after dropout) that the heads read
+POOLED_NAME = "pool"  # the backbone's pooled output: what feature extraction caches
 CONVNET_DENSE_NAME = "convnet_dense"
 SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 DIHEDRAL_VIEWS = 8  # the flips and quarter turns that leave a square image square
@@ -120,7 +121,7 @@ def build_classifier(
         _follow_batch_statistics_faster(base)
     # From scratch there are no statistics to keep: batch normalisation must learn them.
     features = base(inputs, training=False if config.pretrained else None)
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    pooled = keras.layers.GlobalAveragePooling2D(name=POOLED_NAME)(features)
     if config.approach == CONVNET:  # the article's dense layer before the output
         shape = config.convnet
         regulariser = keras.regularizers.L2(shape.l2) if shape.l2 > 0 else None

@@ -99,6 +99,11 @@ def log_result(result: TrainResult, example_image: bytes, model_name: str | None
             "train_images_per_second": result.training_images_per_second,
         }
     )
+    if result.cache_use is not None:  # feature extraction: the week's cost is what it computed
+        mlflow.log_metrics(
+            {"features_cached": result.cache_use.cached,
+             "features_computed": result.cache_use.computed}
+        )  # fmt: skip
     figure = learning_curve(result)
     mlflow.log_figure(figure, "learning_curve.png")
     plt.close(figure)
