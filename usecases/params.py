@@ -125,6 +125,7 @@ class TrainParams(_Section):
     convnet_filters: tuple[int, ...] = Field(default=(32, 64, 128, 256, 512), min_length=1)
     convnet_dense_units: int = Field(default=256, ge=1)
     convnet_l2: float = Field(default=1e-4, ge=0)
+    feature_cache: bool = True
     weights: str = "imagenet"
     unfreeze_from: str = "last"
     dropout: float = Field(default=0.3, ge=0, lt=1)
