@@ -84,6 +84,15 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def assert_backbone_unchanged(model: keras.Model, weights_file: Path) -> None:
+    """The classifier's backbone holds exactly the weights it started from: it was frozen."""
+    donor = keras.applications.ResNet50(include_top=False, weights=None,
+                                        input_shape=(SIZE, SIZE, 3))  # fmt: skip
+    donor.load_weights(weights_file)
+    for ours, theirs in zip(feature_extractor(model).weights, donor.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+
+
 def extraction(weights_file: Path, **changes: object) -> TrainConfig:
     values: dict[str, object] = {
         "image_size": SIZE, "batch_size": 16, "weights": str(weights_file),
@@ -111,11 +120,7 @@ def test_a_weekly_head_retrain_computes_only_the_new_images_and_serves_what_it_t
     assert (second.cache_use.cached, second.cache_use.computed) == (len(week1), 8)
 
     model = second.model
-    donor = keras.applications.ResNet50(include_top=False, weights=None,
-                                        input_shape=(SIZE, SIZE, 3))  # fmt: skip
-    donor.load_weights(weights_file)
-    for ours, theirs in zip(feature_extractor(model).weights, donor.weights, strict=True):
-        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())  # the backbone is frozen
+    assert_backbone_unchanged(model, weights_file)
 
     # The cached features through the trained head answer what the served classifier
     # answers for the images themselves: the cached and the uncached path agree.
@@ -142,11 +147,7 @@ def test_without_the_cache_the_head_learns_from_augmented_images_on_a_frozen_bac
     result = train_classifier(manifest, data, config, work_dir=tmp_path / "work")
     assert result.cache_use is None
     assert result.history[-1].phase == "head"
-    donor = keras.applications.ResNet50(include_top=False, weights=None,
-                                        input_shape=(SIZE, SIZE, 3))  # fmt: skip
-    donor.load_weights(weights_file)
-    for ours, theirs in zip(feature_extractor(result.model).weights, donor.weights, strict=True):
-        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert_backbone_unchanged(result.model, weights_file)
 
 
 def test_cached_features_cannot_be_oversampled_or_feed_the_diagnosis_head() -> None:
