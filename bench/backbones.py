@@ -11,7 +11,9 @@ same), and timed for:
 - a `feature_extraction` step: the head alone;
 - inference: `predict_on_batch`, as the served model answers.
 Xception and the Inception family cannot read images under 71 and 75 px: they run at
-their smallest size instead, said in the table. Ratios are to ResNet50 in the same run.
+their smallest size instead, said in the table. NASNetLarge's ImageNet weights fit 331 px
+only, so under 331 px its fine-tuning step is from scratch, every layer learning. Ratios
+are to ResNet50 in the same run.
 """
 
 from __future__ import annotations
@@ -51,15 +53,22 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="some architectures (default: all nine)")
     args = parser.parse_args()
     names = args.only or [*BACKBONES, "convnet"]
-    rows = [measure(configured(name, args.image_size), args.batch_size, args.steps)
-            for name in names]  # fmt: skip
+    rows = []
+    for name in names:
+        rows.append(measure(configured(name, args.image_size), args.batch_size, args.steps))
+        print(rows[-1], flush=True)  # a long run's figures kept as they come
     print(table(rows, args))
 
 
 def configured(name: str, image_size: int) -> TrainConfig:
     if name == "convnet":
         return TrainConfig(image_size=image_size, approach="convnet", weights="none")
-    size = max(image_size, BACKBONES[name].min_size)
+    backbone = BACKBONES[name]
+    size = max(image_size, backbone.min_size)
+    if backbone.imagenet_size not in (None, size):
+        # Its ImageNet weights fit one size only: at this size it can only learn from
+        # scratch, every layer (and batch normalisation) training.
+        return TrainConfig(image_size=size, backbone=name, weights="none", unfreeze_from="all")
     # A weights file named, not read: the backbone is built as for pretrained weights.
     return TrainConfig(image_size=size, backbone=name, weights="bench-unread.weights.h5")
 
