@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, project: Path) -> None:
     from pipelines.training.config import TrainConfig
     from pipelines.training.fit import train_classifier
 
-    manifest = register_and_snapshot(args.data, project, project_env(project))
+    manifest = register_and_snapshot(args.data.resolve(), project, project_env(project))
     print(split_summary(manifest), flush=True)
     data_dir = project / "data"
     weights = project / "resnet50_notop.weights.h5"
