@@ -112,6 +112,11 @@ class TrainConfig:
             raise TrainConfigError(f"train.warm_epochs={self.warm_epochs}: expected 1 or more")
         if self.head_epochs + self.epochs < 1:
             raise TrainConfigError("train.head_epochs + train.epochs must be at least 1")
+        if self.epochs < 1 and not self.pretrained:
+            raise TrainConfigError(
+                "train.epochs=0: from scratch there is no head phase to train instead; set "
+                "train.epochs to 1 or more"
+            )
 
     def _check_architecture(self) -> None:
         if self.approach not in APPROACHES:
@@ -119,6 +124,11 @@ class TrainConfig:
                 f"train.approach={self.approach!r}: expected one of {', '.join(APPROACHES)}"
             )
         if self.approach == CONVNET:
+            if not self.convnet.filters or min(self.convnet.filters) < 1:
+                raise TrainConfigError(
+                    f"train.convnet_filters={list(self.convnet.filters)}: expected one width "
+                    "of 1 or more per block, e.g. [32, 64, 128, 256, 512]"
+                )
             if self.weights != NO_WEIGHTS:
                 raise TrainConfigError(
                     "train.approach=convnet learns from scratch, there are no weights to start "

@@ -23,6 +23,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import numpy as np
 
 Extractor = Callable[[Sequence[str]], np.ndarray]  # image files -> features, row for row
 KEPT_IDENTITIES = 3
+ORPHAN_AGE_S = 3600.0
 
 
 def backbone_identity(name: str, image_size: int, weights: Sequence[np.ndarray]) -> str:
@@ -59,6 +61,9 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         os.utime(self.folder)  # most recently used
         _prune(folder, keep)
+        for orphan in self.folder.glob("*.npz.tmp"):  # a crash's, once nobody can be writing it
+            if time.time() - orphan.stat().st_mtime > ORPHAN_AGE_S:
+                orphan.unlink(missing_ok=True)
         self._known: dict[str, np.ndarray] = {}
         self._read_chunks: set[str] = set()
 

@@ -51,6 +51,7 @@ from pipelines.training.model import (
     phase_learning_rate,
     resolve_weights,
     serving_classifier,
+    set_trained_part,
     unfreeze_from,
     with_diagnosis_head,
 )
@@ -266,6 +267,9 @@ def _initialised(config: TrainConfig, name: str, warm_start: WarmStart | None) -
     if warm_start is None:
         return build_classifier(config, resolve_weights(config), name=name)
     model = build_classifier(config, None, name=name)  # fresh: the perturbation's source
+    # Only what the run trains is shrunk and perturbed: a frozen part stays the champion's
+    # (for feature extraction, the backbone its cached features belong to).
+    set_trained_part(model, config)
     shrink_and_perturb(model, warm_start.classifier, shrink=config.shrink, perturb=config.perturb)
     return model
 
@@ -303,7 +307,8 @@ def _on_cached_features(
     dropped = model.get_layer(FEATURES_NAME)(features)
     head = keras.Model(features, model.get_layer("melanoma")(dropped), name=f"{model.name}_head")
     base = feature_extractor(model)
-    identity = backbone_identity(base.name, config.image_size, [w.numpy() for w in base.weights])
+    weights = [w.numpy() for w in base.weights]
+    identity = backbone_identity(f"{base.name}@{hardware.precision}", config.image_size, weights)
     cache = FeatureCache(data.feature_cache, identity)
 
     def extract(files: Sequence[str]) -> np.ndarray:

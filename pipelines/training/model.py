@@ -89,11 +89,14 @@ def resolve_weights(
                 )
             )
         except Exception as error:  # Keras wraps every network failure in a bare Exception
+            scratch = (
+                "" if config.approach == "feature_extraction"  # a frozen random backbone
+                else ", or train from scratch with train.weights=none train.unfreeze_from=all"
+            )  # fmt: skip
             raise WeightsUnavailable(
                 f"ImageNet weights for {backbone.name} could not be downloaded from {origin} "
-                f"({error}). Either copy {imagenet.name} to this machine and set "
-                "train.weights=/path/to/it, or train from scratch with train.weights=none "
-                "train.unfreeze_from=all"
+                f"({error}). Copy {imagenet.name} to this machine and set "
+                f"train.weights=/path/to/it{scratch}"
             ) from None
     weights_file = config.weights_file
     if weights_file is None or not weights_file.is_file():
@@ -253,6 +256,8 @@ def _backbone(config: TrainConfig, weights_file: str | None) -> keras.Model:
     try:
         return backbone.build(size, weights_file)
     except ValueError as error:
+        if weights_file is None:
+            raise
         raise WeightsUnavailable(
             f"train.weights={weights_file}: not {backbone.name} notop weights ({error})"
         ) from None
@@ -380,8 +385,21 @@ def trained_parameters(config: TrainConfig) -> int:
     fine-tuning, everything in the convnet."""
     with dtype_policy("float32"):
         model = build_classifier(config, weights_file=None)
-    if config.approach == "feature_extraction":
+    set_trained_part(model, config)
+    return trainable_weights(model)
+
+
+def trains_head_only(config: TrainConfig) -> bool:
+    """Feature extraction, and fine-tuning whose fine-tuning phase has no epochs."""
+    fine_tunes = config.approach != "feature_extraction" and (
+        config.epochs > 0 or not config.pretrained
+    )
+    return not fine_tunes
+
+
+def set_trained_part(model: keras.Model, config: TrainConfig) -> None:
+    """Make trainable what the run's last phase trains, and only that."""
+    if trains_head_only(config):
         freeze_base(model)
     else:
         unfreeze_from(model, config)
-    return trainable_weights(model)

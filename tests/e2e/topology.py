@@ -271,7 +271,11 @@ class Topology:
         def supervision() -> None:
             while not self._supervising.wait(SUPERVISION_S):
                 for service in list(self.services.values()):
-                    service.restart_if_exited()
+                    try:
+                        service.restart_if_exited()
+                    except OSError as error:  # said in its log; tried again next second
+                        with service.log_file.open("a") as log:
+                            log.write(f"== could not be restarted: {error}\n")
 
         self._supervisor = threading.Thread(target=supervision, name="restart-policy",
                                             daemon=True)  # fmt: skip

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pipelines.dataset.tfdata import decode_image
-from pipelines.training.backbones import BACKBONES
+from pipelines.training.backbones import BACKBONES, ConvnetShape
 from pipelines.training.config import TrainConfig, TrainConfigError
 from pipelines.training.model import (
     build_classifier,
@@ -167,6 +167,10 @@ def test_the_frozen_layers_before_the_block_do_not_change_in_fine_tuning() -> No
     ({"approach": "feature_extraction", "weights": "none", "unfreeze_from": "all"},
      "set train.weights=imagenet or a weights file"),
     ({"approach": "transfer"}, "train.approach='transfer': expected one of fine_tune"),
+    ({"approach": "convnet", "weights": "none", "convnet": ConvnetShape(filters=(32, 0))},
+     "train.convnet_filters=[32, 0]: expected one width of 1 or more"),
+    ({"approach": "convnet", "weights": "none", "head_epochs": 2, "epochs": 0},
+     "train.epochs=0: from scratch there is no head phase"),
 ])  # fmt: skip
 def test_an_impossible_architecture_is_refused_with_the_way_out(
     changes: dict[str, object], says: str

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from pipelines.training.config import TrainConfig, TrainConfigError
-from pipelines.training.model import build_classifier, serving_classifier
+from pipelines.training.model import (
+    build_classifier,
+    feature_extractor,
+    serving_classifier,
+    set_trained_part,
+)
 from pipelines.training.warm_start import (
     champion_classifier,
     shrink_and_perturb,
@@ -109,3 +114,17 @@ def test_a_champion_of_another_backbone_or_approach_is_refused_with_the_reason(c
 def test_impossible_warm_start_settings_are_refused(changes, named):
     with pytest.raises(TrainConfigError, match=named):
         config(**changes)
+
+
+def test_only_what_the_run_trains_is_shrunk_a_frozen_backbone_stays_the_champions(champion):
+    extraction = config(weights="backbone.weights.h5", unfreeze_from="last",
+                        approach="feature_extraction")  # fmt: skip
+    challenger = fresh()
+    set_trained_part(challenger, extraction)
+    shrink_and_perturb(challenger, champion, shrink=0.5, perturb=0.0)
+
+    for ours, theirs in zip(feature_extractor(challenger).weights,
+                            feature_extractor(champion).weights, strict=True):  # fmt: skip
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    head = challenger.get_layer("melanoma").kernel.numpy()
+    np.testing.assert_allclose(head, 0.5 * champion.get_layer("melanoma").kernel.numpy())
