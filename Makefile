@@ -95,6 +95,8 @@ bench: setup ## Benchmarks on the shared HAM10000 copy (prints figures and ratio
 	$(UV) run --locked python bench/gate_simulation.py
 	$(UV) run --locked python bench/weekly_retrain.py --demo
 	$(UV) run --locked python bench/serving.py
+	$(UV) run --locked python bench/backbones.py
+	$(UV) run --locked python bench/feature_cache.py --data $(HAM10000)
 
 clean: ## Remove the embedded stores and generated data (.cme/, data/, data.dvc, DVC cache).
 	rm -rf .cme data data.dvc .dvc/cache .dvc/tmp
