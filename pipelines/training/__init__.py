@@ -1,3 +1,4 @@
-"""Training the challenger: the ResNet50 classifier, its two-phase fine-tuning, and the
-MLflow model it is logged as. Import the submodules (they load TensorFlow); this package
-itself stays light so that reading params does not."""
+"""Training the challenger: the classifier on one of eight backbones or the article's
+convnet, fine-tuned or trained as a head on cached features, and the MLflow model it is
+logged as. Import the submodules (most load TensorFlow); this package itself stays light so
+that reading params does not."""
