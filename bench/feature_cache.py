@@ -119,12 +119,12 @@ def _cached_path_difference(
     from_images: np.ndarray,
 ) -> float:  # fmt: skip
     """The head on the features training cached against the classifier on the images."""
-    from pipelines.training.feature_cache import FeatureCache, backbone_identity
+    from pipelines.training.feature_cache import FeatureCache
+    from pipelines.training.fit import feature_cache_identity
     from pipelines.training.model import feature_extractor
 
-    base = feature_extractor(model)
-    size = int(base.input.shape[1])
-    identity = backbone_identity(base.name, size, [w.numpy() for w in base.weights])
+    size = int(feature_extractor(model).input.shape[1])
+    identity = feature_cache_identity(model, size, "float32")  # a CPU run's precision
     files = [str(data_dir / path) for path in images["path"]]
     digests = list(images["sha256"].astype(str))
 

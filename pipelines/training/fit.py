@@ -293,6 +293,14 @@ def _image_digests(manifest: pd.DataFrame, data_dir: Path) -> dict[str, str]:
     return {file: hashlib.sha256(Path(file).read_bytes()).hexdigest() for file in files}
 
 
+def feature_cache_identity(model: keras.Model, image_size: int, precision: str) -> str:
+    """The identity a classifier's backbone keeps its features under, computed at
+    `precision` (mixed precision gives other features than float32)."""
+    base = feature_extractor(model)
+    weights = [weight.numpy() for weight in base.weights]
+    return backbone_identity(f"{base.name}@{precision}", image_size, weights)
+
+
 def _on_cached_features(
     model: keras.Model, config: TrainConfig, data: _Data, hardware: Hardware
 ) -> tuple[keras.Model, Batches, _Data, CacheUse]:
@@ -306,9 +314,7 @@ def _on_cached_features(
     features = keras.Input(shape=(int(pooled.shape[-1]),), name="pooled_features")
     dropped = model.get_layer(FEATURES_NAME)(features)
     head = keras.Model(features, model.get_layer("melanoma")(dropped), name=f"{model.name}_head")
-    base = feature_extractor(model)
-    weights = [w.numpy() for w in base.weights]
-    identity = backbone_identity(f"{base.name}@{hardware.precision}", config.image_size, weights)
+    identity = feature_cache_identity(model, config.image_size, hardware.precision)
     cache = FeatureCache(data.feature_cache, identity)
 
     def extract(files: Sequence[str]) -> np.ndarray:

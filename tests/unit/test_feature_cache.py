@@ -15,7 +15,7 @@ import pytest
 from pipelines.dataset.tfdata import decode_image
 from pipelines.training.config import TrainConfig, TrainConfigError
 from pipelines.training.feature_cache import FeatureCache, backbone_identity
-from pipelines.training.fit import train_classifier
+from pipelines.training.fit import feature_cache_identity, train_classifier
 from pipelines.training.model import feature_extractor
 from tests.training_support import sample_manifest
 
@@ -125,8 +125,7 @@ def test_a_weekly_head_retrain_computes_only_the_new_images_and_serves_what_it_t
     # The cached features through the trained head answer what the served classifier
     # answers for the images themselves: the cached and the uncached path agree.
     paths = [data / path for path in fitted["path"].iloc[:6]]
-    base = feature_extractor(model)
-    identity = backbone_identity(base.name, SIZE, [w.numpy() for w in base.weights])
+    identity = feature_cache_identity(model, SIZE, "float32")
     digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
     cached, use = FeatureCache(cache, identity).features(digests, [str(p) for p in paths],
                                                          CountingExtractor())  # fmt: skip
