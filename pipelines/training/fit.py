@@ -316,16 +316,15 @@ def _on_cached_features(
     head = keras.Model(features, model.get_layer("melanoma")(dropped), name=f"{model.name}_head")
     identity = feature_cache_identity(model, config.image_size, hardware.precision)
     cache = FeatureCache(data.feature_cache, identity)
+    batch = _global_batch(config, hardware)
 
     def extract(files: Sequence[str]) -> np.ndarray:
         unlabelled = LabelledFiles(tuple(files), np.zeros(len(files), np.float32),
                                    np.zeros(len(files), np.int64))  # fmt: skip
         batches = evaluation_batches(unlabelled, image_size=config.image_size,
-                                     batch_size=_global_batch(config, hardware), cache="none",
-                                     name="features")  # fmt: skip
+                                     batch_size=batch, cache="none", name="features")  # fmt: skip
         return np.asarray(extractor.predict(batches.dataset.map(lambda x, _: x), verbose=0))
 
-    batch = _global_batch(config, hardware)
     train_x, train_use = cache.features([data.sha256[f] for f in data.train.files],
                                         data.train.files, extract)  # fmt: skip
     val_x, val_use = cache.features([data.sha256[f] for f in data.val_files.files],
@@ -389,11 +388,8 @@ def _phases(config: TrainConfig, *, warm: bool = False) -> Iterator[tuple[str, i
     """(phase, epochs, learning rate): the head alone with the backbone frozen (all of
     feature extraction), then fine-tuning; a warm start continues the champion's last."""
     if config.approach == "feature_extraction":
-        yield (
-            "head",
-            config.warm_epochs if warm else config.head_epochs + config.epochs,
-            (config.head_learning_rate),
-        )
+        epochs = config.warm_epochs if warm else config.head_epochs + config.epochs
+        yield "head", epochs, config.head_learning_rate
         return
     if warm:
         yield "fine-tune", config.warm_epochs, config.learning_rate
