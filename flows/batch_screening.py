@@ -4,20 +4,23 @@ per patient and the prediction log.
 
 The flow only wires: reading the source, the batches and the worklist are the use case's
 (`usecases.screening`). A batch task runs on a Dask worker, which opens the platform and
-loads the model once and keeps both for its next batches."""
+loads the model once and keeps both for its next batches. Batches are handed out a few at a
+time, so that a run of 100,000 images, carrying their bytes to a remote cluster, holds only
+the batches in flight in memory."""
 
 from __future__ import annotations
 
 import atexit
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, unmapped
-from prefect.futures import as_completed
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
@@ -27,6 +30,8 @@ from usecases.params import Params
 from usecases.platform import Platform
 
 THREAD_SETTINGS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+IN_FLIGHT_PER_WORKER = 2  # one batch scoring, one waiting: no worker idles between batches
+REMOTE_IN_FLIGHT = 16  # a cluster's workers are its business: enough for 8 of them
 
 
 @dataclass(frozen=True)
@@ -73,16 +78,24 @@ def batch_screening(
     model_uri: str | None = None,
     batch_size: int = screening.DEFAULT_BATCH_SIZE,
     overrides: list[str] | None = None,
+    carry_images: bool = False,
+    in_flight: int = REMOTE_IN_FLIGHT,
 ) -> dict[str, Any]:
-    """Score every image of `source` (a folder of one patient's images, or a CSV manifest)
-    with `model_uri` (default the champion) and write the worklist under `out`; returns
-    what was scored, skipped as scored before, and refused with the reasons."""
-    with opened(overrides) as (platform, _params):
-        images = screening.read_source(Path(source), patient)
+    """Score every image of `source` (a folder of one patient's images, or a CSV manifest;
+    a local path or an object-store URL) with `model_uri` (default the champion) and write
+    the worklist under `out`; returns what was scored, skipped as scored before, and refused
+    with the reasons. `carry_images`: the batches carry the images' bytes, for workers that
+    cannot read the caller's disk; `in_flight`: batches handed to Dask at a time."""
+    with opened(overrides) as (platform, params):
+        images = screening.read_source(source, patient)
         model = screening.screening_model(platform, model_uri)
         plan = ScreeningPlan(model, tuple(overrides or ()))
-        futures = score_batch.map(screening.batches(images, batch_size), unmapped(plan))
-        outcomes = _as_they_finish(futures, len(images))
+        rules = params.intake.rules()
+        prepared: Callable[[list[screening.ScreeningImage]], list[screening.ScreeningImage]] = (
+            (lambda batch: screening.carried(batch, rules)) if carry_images else list
+        )
+        batches = (prepared(batch) for batch in screening.batches(images, batch_size))
+        outcomes = _as_they_finish(_in_turn(batches, plan, in_flight), len(images))
         report = screening.screening_report(platform, model, images, outcomes, Path(out))
     return report.summary()
 
@@ -101,12 +114,43 @@ def on_dask(address: str | None, workers: int | None = None) -> Any:
     return batch_screening.with_options(task_runner=_dask(cluster_kwargs=cluster))
 
 
-def _as_they_finish(futures: list[Any], images: int) -> list[screening.BatchOutcome]:
+def in_flight(address: str | None, workers: int | None = None) -> int:
+    """Batches to hand Dask at a time: two per worker of a local cluster."""
+    if address:
+        return REMOTE_IN_FLIGHT
+    return IN_FLIGHT_PER_WORKER * (workers or os.cpu_count() or 1)
+
+
+def _in_turn(
+    batches: Iterator[list[screening.ScreeningImage]], plan: ScreeningPlan, in_flight: int
+) -> Iterator[PrefectFuture[screening.BatchOutcome]]:
+    """Each batch's task as it finishes, with at most `in_flight` handed to Dask at a time
+    (a batch is read, or loaded to be carried, only when its turn comes)."""
+    running: list[PrefectFuture[screening.BatchOutcome]] = []
+    for batch in batches:
+        running.append(score_batch.submit(batch, plan))
+        if len(running) >= max(in_flight, 1):
+            yield _first_done(running)
+    while running:
+        yield _first_done(running)
+
+
+def _first_done(
+    running: list[PrefectFuture[screening.BatchOutcome]],
+) -> PrefectFuture[screening.BatchOutcome]:
+    done = next(as_completed(running))
+    running.remove(done)
+    return done
+
+
+def _as_they_finish(
+    finished: Iterator[PrefectFuture[screening.BatchOutcome]], images: int
+) -> Sequence[screening.BatchOutcome]:
     """Each batch's outcome as it finishes, with a line in the run's log: how far, and how
     fast."""
     log = get_run_logger()
     started, outcomes = time.monotonic(), []
-    for future in as_completed(futures):
+    for future in finished:
         outcomes.append(future.result())
         log.info(screening.progress_line(outcomes, images, time.monotonic() - started))
     return outcomes

@@ -2,8 +2,10 @@
 model version, in batches that Dask workers take (the `batch-screening` flow), into a ranked
 worklist per patient and the prediction log.
 
-Each batch reads its files itself (the workers of an embedded cluster share the machine's
-disk), refuses what registration would refuse (the intake's rules, with the reason), skips
+A source is a local folder or manifest, or one in an object store (any fsspec URL, e.g.
+`s3://bucket/day/`), read by each worker itself; for a cluster that cannot read the caller's
+disk, the batches carry the images' bytes instead (`carried`). Each batch refuses what
+registration would refuse (the intake's rules, with the reason), skips
 the images this model version has scored for that patient already, and writes its results
 with their predictions in one transaction: a killed run resumes where it stopped, and a
 repeated one scores nothing twice."""
@@ -13,13 +15,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import posixpath
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.errors import BadInput, Refused
 from pipelines.screening import WORKLIST_COLUMNS, ranked_worklist, thumbnail, worklist_page
@@ -49,14 +55,21 @@ class NoModelToScreenWith(Refused, LookupError):
     """The model URI names no registered version (no champion yet)."""
 
 
+# What makes one image unscorable, not its batch: refused with the reason, the rest scored.
+_UNREADABLE = (OSError, RejectedSubmission, ScreeningSourceError)
+
+
 @dataclass(frozen=True)
 class ScreeningImage:
-    """One image to score: where it is, whose it is, and what the clinic knows of it."""
+    """One image to score: where it is, whose it is, and what the clinic knows of it; for a
+    worker that cannot read `location`, its bytes (or why the caller could not read them)."""
 
-    location: str
+    location: str  # a local path, or an fsspec URL (s3://bucket/key.jpg)
     patient_id: str
     lesion_id: str | None = None
     body_site: str | None = None
+    content: bytes | None = field(default=None, repr=False, compare=False)
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,49 +113,87 @@ class ScreeningReport:
         }  # fmt: skip
 
 
-def read_source(source: Path, patient: str | None) -> list[ScreeningImage]:
+def read_source(source: str, patient: str | None) -> list[ScreeningImage]:
     """The images of a folder (all of one patient, `patient`) or of a CSV manifest (columns
     image, patient_id, and optionally lesion_id, body_site; an image path relative to the
-    manifest's folder; several patients in one manifest are fine)."""
-    if source.is_dir():
+    manifest's folder; several patients in one manifest are fine), on the local disk or at
+    an object-store URL."""
+    store, root = _store(source)
+    try:
+        is_folder, is_file = store.isdir(root), store.isfile(root)
+        if is_folder:
+            found = store.find(root)
+    except (OSError, ValueError) as error:
+        raise ScreeningSourceError(f"{source}: cannot read it ({error})") from None
+    if is_folder:
         if not patient:
             raise ScreeningSourceError(f"{source}: a folder of images needs --patient ID")
         _check_lengths("--patient", {"patient_id": patient})
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in found if posixpath.splitext(p)[1].lower() in IMAGE_SUFFIXES)
         if not files:
             raise ScreeningSourceError(f"{source}: no .jpg, .jpeg or .png files in it")
-        return [ScreeningImage(str(path), patient) for path in files]
-    if source.is_file():
-        return _manifest(source, patient)
+        return [ScreeningImage(_location(store, path), patient) for path in files]
+    if is_file:
+        return _manifest(source, store, root, patient)
     raise ScreeningSourceError(f"{source}: no such folder or manifest")
 
 
-def _manifest(path: Path, patient: str | None) -> list[ScreeningImage]:
+def on_local_disk(source: str) -> bool:
+    """Whether `source` is a path of this machine (not an object-store URL)."""
+    return isinstance(_store(source)[0], LocalFileSystem)
+
+
+def _store(location: str) -> tuple[AbstractFileSystem, str]:
+    """The file system a location is on (fsspec's, as Dask's), and its path there."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        store, path = url_to_fs(location)
+    except (ImportError, ValueError) as error:  # an unknown protocol, its package missing
+        raise ScreeningSourceError(f"{location}: cannot open it ({error})") from None
+    return store, str(path)
+
+
+def _location(store: AbstractFileSystem, path: str) -> str:
+    """A path as a worker opens it: a plain path on the local disk, else the full URL."""
+    return path if isinstance(store, LocalFileSystem) else store.unstrip_protocol(path)
+
+
+def _manifest(
+    source: str, store: AbstractFileSystem, path: str, patient: str | None
+) -> list[ScreeningImage]:
+    try:
+        with store.open(path, "r", newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
             columns = set(rows[0]) if rows else set()
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise ScreeningSourceError(f"{path}: cannot read the manifest ({error})") from None
+        raise ScreeningSourceError(f"{source}: cannot read the manifest ({error})") from None
     missing = [column for column in MANIFEST_COLUMNS if column not in columns]
     if not rows or missing:
         raise ScreeningSourceError(
-            f"{path}: a manifest needs a header with {', '.join(MANIFEST_COLUMNS)} and a row "
+            f"{source}: a manifest needs a header with {', '.join(MANIFEST_COLUMNS)} and a row "
             f"per image" + (f" (missing: {', '.join(missing)})" if missing else "")
         )
     images = []
     for number, row in enumerate(rows, start=2):
         image, whose = ((row.get(column) or "").strip() for column in MANIFEST_COLUMNS)
         if not image or not whose:
-            raise ScreeningSourceError(f"{path}, row {number}: image and patient_id are required")
+            raise ScreeningSourceError(f"{source}, row {number}: image and patient_id are required")
         if patient and whose != patient:
             continue
         extra = {column: (row.get(column) or "").strip() or None for column in OPTIONAL_COLUMNS}
-        _check_lengths(f"{path}, row {number}", {"patient_id": whose, **extra})
-        images.append(ScreeningImage(str(path.parent / image), whose, **extra))
+        _check_lengths(f"{source}, row {number}", {"patient_id": whose, **extra})
+        images.append(ScreeningImage(_beside(store, path, image), whose,
+                                     extra["lesion_id"], extra["body_site"]))  # fmt: skip
     if not images:
-        raise ScreeningSourceError(f"{path}: no rows of patient {patient}")
+        raise ScreeningSourceError(f"{source}: no rows of patient {patient}")
     return images
+
+
+def _beside(store: AbstractFileSystem, manifest: str, image: str) -> str:
+    """A manifest's image: a URL or an absolute path as it is, else relative to the
+    manifest's folder."""
+    if "://" in image:
+        return image
+    return _location(store, posixpath.join(posixpath.dirname(manifest), image))
 
 
 def _check_lengths(where: str, values: dict[str, str | None]) -> None:
@@ -186,11 +237,13 @@ def screening_model(platform: Platform, model_uri: str | None) -> ScreeningModel
 _SERVED: dict[str, ServedModel] = {}
 
 
-def _served(uri: str) -> ServedModel:
-    """The model, loaded once per process (a Dask worker keeps it for its next batches)."""
+def _served(platform: Platform, uri: str) -> ServedModel:
+    """The model, loaded once per process (a Dask worker keeps it for its next batches) from
+    the platform's registry (a remote worker inherits no MLflow settings from the caller)."""
     from usecases.serving import load_served_model
 
     if uri not in _SERVED:
+        platform.tracking()
         _SERVED[uri] = load_served_model(uri)
     return _SERVED[uri]
 
@@ -205,10 +258,13 @@ def score_batch(
     refused: list[tuple[str, str]] = []
     readable: dict[tuple[str, str], tuple[ScreeningImage, bytes]] = {}
     for image in batch:
+        if image.unreadable is not None:  # the caller could not read it to carry it
+            refused.append((image.location, image.unreadable))
+            continue
         try:
-            content = _read(image.location, rules)
+            content = image.content if image.content is not None else _read(image.location, rules)
             check_header(content, rules, colour=True)  # the model decodes it, once
-        except (OSError, RejectedSubmission) as error:
+        except _UNREADABLE as error:
             refused.append((image.location, _why(error)))
             continue
         key = hashlib.sha256(content).hexdigest(), image.patient_id
@@ -218,7 +274,7 @@ def score_batch(
     pending = [image_and_bytes for key, image_and_bytes in readable.items() if key not in done]
     if not pending:
         return BatchOutcome(0, len(done) + twice, tuple(refused))
-    served = _served(model.uri)
+    served = _served(platform, model.uri)
     # Named by their place in `pending`: the same file may stand for two patients.
     answered, unreadable = predict_files(
         served, [(str(place), content) for place, (_, content) in enumerate(pending)]
@@ -231,19 +287,36 @@ def score_batch(
     return BatchOutcome(written, len(done) + twice + len(results) - written, tuple(refused))
 
 
+def carried(batch: Sequence[ScreeningImage], rules: IntakeRules) -> list[ScreeningImage]:
+    """The batch with each image's bytes read here, for workers that cannot read the
+    caller's disk; an image that cannot be read carries the reason instead."""
+    loaded = []
+    for image in batch:
+        try:
+            loaded.append(replace(image, content=_read(image.location, rules)))
+        except _UNREADABLE as error:
+            loaded.append(replace(image, unreadable=_why(error)))
+    return loaded
+
+
 def _read(location: str, rules: IntakeRules) -> bytes:
-    path = Path(location)
-    size = path.stat().st_size
-    if size > rules.max_file_bytes:
+    """A file's bytes from wherever it is (the local disk, an object store), refused
+    unread when it is over the intake's size."""
+    store, path = _store(location)
+    size = store.size(path)
+    if size is not None and size > rules.max_file_bytes:
         raise RejectedSubmission(
             "too-large", f"file of {size:,} bytes is over {rules.max_file_bytes:,}"
         )
-    return path.read_bytes()
+    content: bytes = store.cat_file(path)
+    return content
 
 
 def _why(error: Exception) -> str:
-    if isinstance(error, RejectedSubmission):
+    if isinstance(error, RejectedSubmission | ScreeningSourceError):
         return str(error)
+    if isinstance(error, FileNotFoundError):  # an object store's names no strerror
+        return "cannot read the file (no such file)"
     return f"cannot read the file ({getattr(error, 'strerror', None) or error})"
 
 
@@ -309,7 +382,8 @@ def screening_report(
 def _thumbnail(location: str, sha256: str) -> str | None:
     """The file's thumbnail, unless it no longer holds the image that was scored."""
     try:
-        content = Path(location).read_bytes()
-    except OSError:
+        store, path = _store(location)
+        content = store.cat_file(path)
+    except (OSError, ScreeningSourceError):
         return None
     return thumbnail(content) if hashlib.sha256(content).hexdigest() == sha256 else None

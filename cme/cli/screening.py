@@ -14,10 +14,10 @@ WORKLIST_SHOWN = ("rank", "patient_id", "image", "probability", "decision", "mod
 
 
 def screen(
-    source: Path = typer.Argument(
+    source: str = typer.Argument(
         ...,
         help="A folder of one patient's images, or a CSV manifest (image, patient_id, "
-        "lesion_id, body_site).",
+        "lesion_id, body_site): a local path or an object-store URL (s3://bucket/day/).",
         show_default=False,
     ),
     patient: str | None = typer.Option(
@@ -53,21 +53,25 @@ def screen(
     was stopped resumes. Exit 1 when some files could not be scored (each is named with the
     reason; the rest are scored)."""
     from cme.cli.flows import _finished, _prefect_ready
-    from flows.batch_screening import on_dask
-    from usecases.screening import ScreeningSourceError, read_source
+    from usecases.screening import ScreeningSourceError, on_local_disk, read_source
 
     try:
+        local = on_local_disk(source)
+        source = str(Path(source).resolve()) if local else source
         read_source(source, patient)  # a usage error before any worker starts
     except ScreeningSourceError as error:
         fail(str(error))
-    settings = _prefect_ready()
+    settings = _prefect_ready()  # before Prefect is imported: it reads its settings once
     from cme.orchestration import shared_prefect_server
+    from flows.batch_screening import in_flight, on_dask
 
-    flow = on_dask(settings.dask_address, workers)
+    address = settings.dask_address
+    flow = on_dask(address, workers)
     with shared_prefect_server():
-        state = flow(source=str(source.resolve()), out=str(out.resolve()), patient=patient,
+        state = flow(source=source, out=str(out.resolve()), patient=patient,
                      model_uri=model_uri, batch_size=batch_size, overrides=overrides,
-                     return_state=True)  # fmt: skip
+                     carry_images=bool(address) and local,  # its workers cannot read our disk
+                     in_flight=in_flight(address, workers), return_state=True)  # fmt: skip
         summary = _finished(state)
     _show(summary, output)
     for refused in summary["not_scored"]:

@@ -5,11 +5,13 @@ once, by it, and ranked) into per-patient worklists and the prediction log."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,9 +20,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec
 import keras
 import mlflow
 import pytest
+from distributed import Client
 from PIL import Image
 
 from cme.bootstrap import bootstrap
@@ -28,7 +32,9 @@ from cme.settings import Settings
 from pipelines.training.config import TrainConfig
 from pipelines.training.model import build_classifier
 from pipelines.training.tracking import log_classifier
+from registry.labels.domain import IntakeRules
 from registry.promotion import GateRecord
+from usecases import screening
 from usecases.sample_data import SampleSpec, write_sample_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -50,9 +56,10 @@ class Clinic:
 
 @pytest.fixture(scope="module")
 def clinic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
-    """An embedded installation with a champion (version 1) and 60 generated images."""
+    """An embedded installation with a champion (version 1) and 120 generated images (each
+    test its own, so that counts of predictions by image content stay its own)."""
     home = tmp_path_factory.mktemp("screening")
-    write_sample_data(home / "lab", SampleSpec(n=60, seed=11, image_size=64))
+    write_sample_data(home / "lab", SampleSpec(n=120, seed=11, image_size=64))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CME_", "MLFLOW_", "PREFECT_"))}
     env |= {"CME_HOME": str(home / ".cme"), "CME_PARAMS_FILE": str(ROOT / "params.yaml")}
     images = sorted((home / "lab" / "images").glob("*.jpg"))
@@ -74,9 +81,11 @@ def clinic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
     yield Clinic(home, env, images)
 
 
-def cme(clinic: Clinic, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cme", *args], env=clinic.env, cwd=clinic.home,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+def cme(
+    clinic: Clinic, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cme", *args], env=clinic.env | (env or {}),
+                          cwd=clinic.home, capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
 def manifest(clinic: Clinic) -> Path:
@@ -103,6 +112,7 @@ def test_two_patients_are_ranked_and_the_files_that_cannot_be_scored_are_named(c
                "--out", "day1", "--format", "json")  # fmt: skip
 
     assert done.returncode == 1, done.stderr[-3000:]  # three files not scored, the rest are
+    assert done.stdout.startswith("["), done.stderr[-3000:]
     rows = json.loads(done.stdout)
     assert sorted({row["patient_id"] for row in rows}) == ["A", "B"]
     for patient, count in (("A", 12), ("B", 8)):
@@ -176,3 +186,166 @@ def test_a_killed_run_resumes_where_it_stopped(clinic):
     assert clinic.count(
         f"select count(*) from predictions where source = 'screen' and image_sha256 in ({shas})"
     ) == 40  # fmt: skip
+
+
+@pytest.fixture
+def dask_cluster(clinic: Clinic, tmp_path: Path) -> Iterator[str]:
+    """A Dask cluster of its own, as a clinic runs one: a scheduler and a nanny with 2
+    worker processes configured like the platform's (CME_*), started from another folder."""
+    dask = str(Path(sys.executable).with_name("dask"))
+    scheduler_file = tmp_path / "scheduler.json"
+    env = clinic.env | dict.fromkeys(("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"), "1")
+    started = [
+        subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                          "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                         stderr=(tmp_path / "scheduler.log").open("w")),
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        started.append(
+            subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file),
+                              "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
+                              "--local-directory", str(tmp_path / "workers")],
+                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=(tmp_path / "workers.log").open("w"))
+        )  # fmt: skip
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            yield client.scheduler.address
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            process.wait(timeout=60)
+
+
+def test_a_local_folder_is_carried_to_a_cluster_and_a_dead_worker_costs_no_image(
+    clinic, dask_cluster
+):
+    """With CME_DASK_ADDRESS the batches carry the images' bytes (a remote cluster cannot
+    read the caller's disk); a worker killed while it scores a batch costs that batch a
+    retry on another worker: every image scored once, none twice."""
+    folder = clinic.home / "patient-d"
+    folder.mkdir()
+    for path in clinic.images[60:100]:
+        shutil.copy(path, folder)
+    scored = "select count(*) from screenings where patient_id = 'D'"
+    command = [sys.executable, "-m", "cme", "screen", str(folder), "--patient", "D",
+               "--batch-size", "2", "--out", "d1"]  # fmt: skip
+    log = clinic.home / "remote.log"
+    with log.open("w") as output:
+        remote = clinic.env | {"CME_DASK_ADDRESS": dask_cluster}
+        run = subprocess.Popen(
+            command, env=remote, cwd=clinic.home, stdout=output, stderr=subprocess.STDOUT
+        )
+        killed = _kill_a_busy_worker(Client(dask_cluster, timeout=30), clinic, scored, run)
+        run.wait(timeout=600)
+    assert killed < 40, "the worker was killed after the last batch"
+    assert run.returncode == 0, log.read_text()[-4000:]
+    assert clinic.count(scored) == 40
+    shas = "select image_sha256 from screenings where patient_id = 'D'"
+    assert clinic.count(
+        f"select count(*) from predictions where source = 'screen' and image_sha256 in ({shas})"
+    ) == 40  # fmt: skip
+    assert "40 scored now, 0 scored before" in log.read_text()
+
+
+def _kill_a_busy_worker(
+    client: Client, clinic: Clinic, scored: str, run: subprocess.Popen[bytes]
+) -> int:
+    """SIGKILL a worker process while it holds a batch, once the first batch is written
+    (the workers have loaded the model); returns the images scored at that moment."""
+    with client:
+        pids = client.run(os.getpid)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            busy = [worker for worker, keys in client.processing().items() if keys]
+            if busy and clinic.count(scored) > 0:
+                done = clinic.count(scored)
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                return done
+            time.sleep(0.05)
+    raise AssertionError("no worker was busy with a batch while the run went on")
+
+
+@pytest.fixture
+def object_store(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An S3-compatible object store (moto's server; MinIO in production) and what a client
+    needs to reach it: botocore's standard variables, as a clinic's workers would have."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H",
+                               "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=(tmp_path / "moto.log").open("w"))  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": "cme-test",
+        "AWS_SECRET_ACCESS_KEY": "cme-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+    }
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.2)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_clinic_day_in_an_object_store_is_screened_from_its_urls(clinic, object_store):
+    store = fsspec.filesystem("s3", endpoint_url=object_store["AWS_ENDPOINT_URL_S3"],
+                              key="cme-test", secret="cme-test")  # fmt: skip
+    store.mkdir("clinic")
+    for path in clinic.images[100:110]:
+        store.put_file(str(path), f"clinic/day2/patient-e/{path.name}")
+    for path in clinic.images[110:114]:
+        store.put_file(str(path), f"clinic/day2/patient-f/{path.name}")
+    rows = [f"patient-e/{path.name},E" for path in clinic.images[100:110]]
+    rows += [f"patient-f/{path.name},F" for path in clinic.images[110:114]]
+    rows.append("patient-f/gone.jpg,F")
+    store.pipe("clinic/day2/day.csv", ("image,patient_id\n" + "\n".join(rows) + "\n").encode())
+
+    done = cme(clinic, "screen", "s3://clinic/day2/day.csv", "--workers", "2", "--batch-size",
+               "4", "--out", "day2", "--format", "json", env=object_store)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]  # gone.jpg is not there
+    worklist = json.loads(done.stdout)
+    assert {(row["patient_id"], row["image"]) for row in worklist} == {
+        (patient, f"s3://clinic/day2/patient-{patient.lower()}/{path.name}")
+        for patient, paths in (("E", clinic.images[100:110]), ("F", clinic.images[110:114]))
+        for path in paths
+    }
+    assert "not scored: s3://clinic/day2/patient-f/gone.jpg: cannot read the file" in done.stderr
+    page = (clinic.home / "day2" / "worklist.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 14  # thumbnails read from the store
+
+    folder = cme(clinic, "screen", "s3://clinic/day2/patient-e/", "--patient", "E",
+                 "--workers", "1", "--out", "day2-e", env=object_store)  # fmt: skip
+    assert folder.returncode == 0, folder.stderr[-3000:]
+    assert "10 images of 1 patients: 0 scored now, 10 scored before" in folder.stdout
+
+
+def test_a_carried_batch_is_scored_without_its_files(clinic):
+    """What a remote worker gets: the bytes, not a path it could open (this one names no
+    file at all), or the caller's reason for not carrying them."""
+    app = bootstrap(Settings(home=clinic.home / ".cme", params_file=ROOT / "params.yaml"))
+    try:
+        model = screening.screening_model(app, "models:/melanoma-resnet50/1")
+        refused = "cannot read the file (Permission denied)"
+        content = clinic.images[119].read_bytes()
+        batch = [
+            screening.ScreeningImage("/caller/g1.jpg", "G", content=content),
+            screening.ScreeningImage("/caller/g2.jpg", "G", unreadable=refused),
+        ]
+        outcome = screening.score_batch(app, model, batch, IntakeRules())
+        results = app.screening_log().results(model.uri, ("G",))
+    finally:
+        app.close()
+    assert outcome == screening.BatchOutcome(1, 0, (("/caller/g2.jpg", refused),))
+    assert [result.image for result in results] == ["/caller/g1.jpg"]

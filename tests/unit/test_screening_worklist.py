@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 import pandas as pd
 import pytest
 from PIL import Image
 
 from pipelines.screening import WORKLIST_COLUMNS, ranked_worklist, thumbnail, worklist_page
+from registry.labels.domain import IntakeRules
 from usecases.screening import (
     BatchOutcome,
     ScreeningImage,
     ScreeningSourceError,
     batches,
+    carried,
     progress_line,
     read_source,
     screening_model,
@@ -61,17 +64,17 @@ def test_a_folder_is_one_patients_and_a_manifest_may_hold_several(tmp_path):
     (tmp_path / "photos").mkdir()
     for name in ("b.JPG", "a.png", "notes.txt"):
         (tmp_path / "photos" / name).write_bytes(b"x")
-    assert read_source(tmp_path / "photos", "P7") == [
+    assert read_source(str(tmp_path / "photos"), "P7") == [
         ScreeningImage(str(tmp_path / "photos" / "a.png"), "P7"),
         ScreeningImage(str(tmp_path / "photos" / "b.JPG"), "P7"),
     ]
     manifest = tmp_path / "day.csv"
     manifest.write_text("image,patient_id,body_site\nphotos/a.png,P1,back\nphotos/b.JPG,P2,\n")
-    assert read_source(manifest, None) == [
+    assert read_source(str(manifest), None) == [
         ScreeningImage(str(tmp_path / "photos" / "a.png"), "P1", None, "back"),
         ScreeningImage(str(tmp_path / "photos" / "b.JPG"), "P2"),
     ]
-    assert [image.patient_id for image in read_source(manifest, "P2")] == ["P2"]
+    assert [image.patient_id for image in read_source(str(manifest), "P2")] == ["P2"]
     assert [len(batch) for batch in batches(list(range(7)), 3)] == [3, 3, 1]  # type: ignore[arg-type]
 
 
@@ -91,7 +94,39 @@ def test_a_source_that_cannot_be_screened_says_why(tmp_path: Path, text, patient
     if text is not None:
         source.write_text(text)
     with pytest.raises(ScreeningSourceError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        read_source(source, patient)
+        read_source(str(source), patient)
+
+
+def test_a_source_in_an_object_store_is_read_through_fsspec():
+    store = fsspec.filesystem("memory")  # in this process, as s3:// would be across machines
+    store.pipe("/clinic/photos/a.png", b"a")
+    store.pipe("/clinic/photos/b.jpg", b"b")
+    store.pipe("/clinic/day.csv", b"image,patient_id\nphotos/a.png,P1\n/elsewhere/c.jpg,P2\n")
+    try:
+        assert [image.location for image in read_source("memory://clinic/photos", "P7")] == [
+            "memory:///clinic/photos/a.png", "memory:///clinic/photos/b.jpg",
+        ]  # fmt: skip
+        assert [(image.location, image.patient_id) for image in
+                read_source("memory://clinic/day.csv", None)] == [
+            ("memory:///clinic/photos/a.png", "P1"), ("memory:///elsewhere/c.jpg", "P2"),
+        ]  # fmt: skip
+        with pytest.raises(ScreeningSourceError, match="memory://clinic/none: no such folder"):
+            read_source("memory://clinic/none", "P7")
+        with pytest.raises(ScreeningSourceError, match="nosuch://x: cannot open it"):
+            read_source("nosuch://x", "P7")
+    finally:
+        store.rm("/clinic", recursive=True)
+
+
+def test_carried_images_hold_their_bytes_or_why_they_could_not_be_read(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"a" * 10)
+    (tmp_path / "big.jpg").write_bytes(b"b" * 200)
+    images = [ScreeningImage(str(tmp_path / name), "P1") for name in ("a.jpg", "big.jpg", "no.jpg")]
+    a, big, gone = carried(images, IntakeRules(max_file_bytes=100))
+    assert (a.content, a.unreadable) == (b"a" * 10, None)
+    assert big.content is None and big.unreadable == "file of 200 bytes is over 100"
+    assert gone.content is None and gone.unreadable is not None
+    assert gone.unreadable.startswith("cannot read the file (")
 
 
 def test_the_runs_log_says_how_far_and_how_fast():
