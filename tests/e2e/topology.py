@@ -469,8 +469,9 @@ def drop_databases(variables: Mapping[str, str]) -> None:
 
 def project_copy(folder: Path) -> Path:
     """What the worker image holds at /opt/cme: the flows and the project files (the
-    packages come installed), with params asking for tiny models."""
-    project = write_project(folder)
+    packages come installed), with params asking for tiny models: ResNet50 at 32 px, whose
+    minute of graph building keeps a training running while a fault test kills its worker."""
+    project = write_project(folder, train={"approach": "fine_tune"})
     shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("prefect.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, project / name)

@@ -1,6 +1,6 @@
 """Pre-screening end to end: `cme screen` runs the batch-screening flow on an embedded Dask
 LocalCluster of 2 worker processes, scoring generated images with a registered champion (an
-untrained 32-px ResNet50: what it predicts does not matter, only that every image is scored
+untrained 32-px convnet: what it predicts does not matter, only that every image is scored
 once, by it, and ranked) into per-patient worklists and the prediction log."""
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from PIL import Image
 
 from cme.bootstrap import bootstrap
 from cme.settings import Settings
-from pipelines.training.config import TrainConfig
 from pipelines.training.model import build_classifier
 from pipelines.training.tracking import log_classifier
 from registry.labels.domain import IntakeRules
 from registry.promotion import GateRecord
+from tests.training_support import tiny_network
 from usecases import screening
 from usecases.sample_data import SampleSpec, write_sample_data
 
@@ -67,7 +67,7 @@ def clinic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
     try:
         app.tracking()
         keras.utils.set_random_seed(5)
-        config = TrainConfig(image_size=32, weights="none", unfreeze_from="all", seed=5)
+        config = tiny_network(seed=5)
         with mlflow.start_run() as run:
             uri = log_classifier(build_classifier(config, None), 32, THRESHOLD,
                                  images[0].read_bytes())  # fmt: skip

@@ -5,7 +5,7 @@ under a stream of requests; every prediction logged and matched by `cme monitor`
 histopathology labels that arrive afterwards. Also `cme predict` and the plain
 `mlflow models serve -m models:/NAME@champion`.
 
-The two registered versions are untrained ResNet50s at 32 px (what they predict does not
+The two registered versions are untrained small convnets at 32 px (what they predict does not
 matter here, only that each answers as itself); version 2 decides at threshold 0.999, so
 it calls nothing melanoma and its real-world sensitivity is 0."""
 
@@ -38,13 +38,13 @@ from PIL import Image
 
 from cme.bootstrap import bootstrap
 from cme.settings import Settings
-from pipelines.training.config import TrainConfig
 from pipelines.training.model import build_classifier
 from pipelines.training.tracking import log_classifier
 from registry.audit_trail import AuditTrailRepository
 from registry.models import CHALLENGER, CHAMPION, ModelRegistry
 from registry.promotion import ChampionLifecycle, GateRecord
 from tests.mlflow_server import MlflowServer
+from tests.training_support import tiny_network
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -103,7 +103,7 @@ def _untrained_model(tracking_uri: str, seed: int, example: Path) -> tuple[str, 
     mlflow.set_tracking_uri(tracking_uri)
     try:
         keras.utils.set_random_seed(seed)
-        config = TrainConfig(image_size=32, weights="none", unfreeze_from="all", seed=seed)
+        config = tiny_network(seed=seed)
         with mlflow.start_run() as run:
             model_uri = log_classifier(
                 build_classifier(config, None), 32, 0.5, example.read_bytes()

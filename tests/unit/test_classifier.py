@@ -34,7 +34,7 @@ from pipelines.training.model import (
     unfreeze_from,
     with_diagnosis_head,
 )
-from tests.training_support import sample_manifest
+from tests.training_support import sample_manifest, tiny_network
 from usecases.params import ParamsError, load_params
 
 SCRATCH = TrainConfig(image_size=32, weights="none", unfreeze_from="all", dropout=0.0)
@@ -218,10 +218,11 @@ def test_without_test_time_augmentation_the_trained_model_is_served_as_it_is(
 def _tiny_run(
     manifest: pd.DataFrame, folder: Path, ema_momentum: float = 0.0, epochs: int = 3, **extra: Any
 ) -> TrainResult:
-    config = TrainConfig(
-        image_size=32, batch_size=8, weights="none", unfreeze_from="all", epochs=epochs,
-        learning_rate=1e-3, patience=3, cache="none", ema_momentum=ema_momentum, **extra,
-    )  # fmt: skip
+    """A few epochs of the small convnet: what these tests check (the weight average, the
+    diagnosis head) is the training loop's, the same for every network, and ResNet50 would
+    spend a minute building its graph."""
+    config = tiny_network(batch_size=8, epochs=epochs, learning_rate=1e-3, patience=3,
+                          cache="none", ema_momentum=ema_momentum, **extra)  # fmt: skip
     return train_classifier(manifest, folder, config, work_dir=folder / "work")
 
 
