@@ -45,14 +45,19 @@ def retrain(
     register), as a Prefect flow in this process. Exit 0 when it ran or was skipped, 1 when
     it failed (e.g. validation: the report is under $CME_HOME/reports)."""
     _prefect_ready()
+    from cme.cli.training import epoch_advanced
+    from flows.training import epochs_watched
     from flows.weekly_retrain import weekly_retrain
 
-    state = weekly_retrain(
-        overrides=overrides,
-        steward=steward or "weekly-retrain",
-        training_deployment=training_deployment,
-        return_state=True,
-    )
+    # The flow logs each epoch's line; on a terminal a bar below them (training here only).
+    bar = progress("training", None, "epochs", time_left=False, plain_lines=False)
+    with bar as advance, epochs_watched(partial(epoch_advanced, advance)):
+        state = weekly_retrain(
+            overrides=overrides,
+            steward=steward or "weekly-retrain",
+            training_deployment=training_deployment,
+            return_state=True,
+        )
     for line in _finished(state).lines():
         typer.echo(line)
 

@@ -73,9 +73,14 @@ def _chosen(result: TrainResult) -> dict[str, Any]:
 
 
 def _shown(advance: Advance, record: EpochRecord) -> None:
-    """The epoch's line, and on a terminal the bar below the lines: epochs done of those
-    planned (every member's), the latest validation ROC AUC and the time left at most."""
+    """The epoch's line, and on a terminal the bar below the lines."""
     typer.echo(record.line())
+    epoch_advanced(advance, record)
+
+
+def epoch_advanced(advance: Advance, record: EpochRecord) -> None:
+    """The training bar: epochs done of those planned (every member's), the latest
+    validation ROC AUC and the time left at most."""
     planned = record.planned * record.members or None
     done = (record.member - 1) * record.planned + record.epoch
     detail = f"val ROC AUC {record.metrics['val_auc']:.3f}" if "val_auc" in record.metrics else ""

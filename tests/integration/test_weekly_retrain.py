@@ -108,6 +108,7 @@ def two_triggers_at_once_run_one_retrain() -> RetrainSummary:
 
 def test_a_season_of_weekly_retrains(platform: Path) -> None:
     from flows.promotion import promotion
+    from flows.training import epochs_watched
 
     # Week 1: two triggers at once run one retrain (the other is skipped); the first
     # challenger passes the first-model floors and awaits a reviewer.
@@ -130,8 +131,14 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
     # Week 2: new confirmed labels; the challenger is judged against champion 1 on the
     # same locked test set, and waits for approval or is rejected, by the gate.
     register_week(platform, seed=4, images=90)
-    second_run = retrain()
+    heard: list[Any] = []  # what `cme retrain`'s progress bar is told, epoch by epoch
+    with epochs_watched(heard.append):
+        second_run = retrain()
     second = finished(second_run)
+    with opened() as app:
+        logged = tracking(app).get_metric_history(str(second.run_id), "val_auc")
+    assert [epoch.metrics["val_auc"] for epoch in heard] == pytest.approx([m.value for m in logged])
+    assert [epoch.epoch for epoch in heard] == list(range(1, len(heard) + 1)) != []
     assert second.version == "2" and second.status in ("awaiting approval", "rejected")
     assert {line.split()[1].rstrip(":") for line in second.reasons} >= {"roc_auc", "f1"}
     assert "delta_roc_auc" in second.metrics
