@@ -24,7 +24,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
-from flows.common import opened, step
+from flows.common import Watchers, opened, step
 from usecases import screening
 from usecases.params import Params
 from usecases.platform import Platform
@@ -41,6 +41,9 @@ class ScreeningPlan:
     model: screening.ScreeningModel
     overrides: tuple[str, ...]
 
+
+# The outcomes so far, each time a batch finishes (e.g. to `cme screen`'s bar).
+BATCHES: Watchers[Sequence[screening.BatchOutcome]] = Watchers("screening batches")
 
 _WORKER: dict[str, tuple[Platform, Params]] = {}
 _CLOSING = ExitStack()
@@ -148,9 +151,10 @@ def _as_they_finish(
 ) -> Sequence[screening.BatchOutcome]:
     """Each batch's outcome as it finishes, with a line in the run's log: how far, and how
     fast."""
-    log = get_run_logger()
+    log, tell = get_run_logger(), BATCHES.teller()
     started, outcomes = time.monotonic(), []
     for future in finished:
         outcomes.append(future.result())
         log.info(screening.progress_line(outcomes, images, time.monotonic() - started))
+        tell(tuple(outcomes))
     return outcomes

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -18,6 +19,7 @@ from usecases.params import Params
 from usecases.platform import Platform
 
 R = TypeVar("R")
+E = TypeVar("E")
 PlatformOpener = Callable[[Sequence[str]], AbstractContextManager[tuple[Platform, Params]]]
 
 # The composition root that builds the platform, named in pyproject.toml: the flows depend on
@@ -79,3 +81,31 @@ def composition_root() -> PlatformOpener:
 def skipped(result: Any, message: str) -> State[Any]:
     """A run that ended early on purpose: completed, named Skipped in the Prefect UI."""
     return Completed(name="Skipped", message=message, data=result)
+
+
+class Watchers(Generic[E]):
+    """Who else hears of a flow's progress in this process (and thread), e.g. the progress
+    bar of the command that runs the flow: a flow takes no callback as a parameter (the
+    orchestrator stores its parameters). Work done by a worker elsewhere is not heard."""
+
+    def __init__(self, name: str) -> None:
+        self._watchers: ContextVar[tuple[Callable[[E], None], ...]] = ContextVar(name, default=())
+
+    @contextmanager
+    def watching(self, watcher: Callable[[E], None]) -> Iterator[None]:
+        token = self._watchers.set((*self._watchers.get(), watcher))
+        try:
+            yield
+        finally:
+            self._watchers.reset(token)
+
+    def teller(self) -> Callable[[E], None]:
+        """Tells `event` to the watchers of the caller's context (taken now: a step's
+        callbacks may run where the context is not the same)."""
+        watchers = self._watchers.get()
+
+        def tell(event: E) -> None:
+            for watcher in watchers:
+                watcher(event)
+
+        return tell

@@ -331,16 +331,26 @@ def _result(
     )  # fmt: skip
 
 
+def images_done(outcomes: Sequence[BatchOutcome]) -> int:
+    """Images the finished batches dealt with: scored now, scored before, or refused."""
+    return sum(o.scored + o.already_scored + len(o.refused) for o in outcomes)
+
+
+def progress_counts(outcomes: Sequence[BatchOutcome]) -> str:
+    """E.g. `640 scored now, 120 before, 8 not scored`."""
+    scored = sum(o.scored for o in outcomes)
+    before = sum(o.already_scored for o in outcomes)
+    refused = sum(len(o.refused) for o in outcomes)
+    return f"{scored:,} scored now, {before:,} before, {refused:,} not scored"
+
+
 def progress_line(outcomes: Sequence[BatchOutcome], images: int, seconds: float) -> str:
     """How far a run has come, e.g. `batches 3: 768 of 10,015 images (640 scored now, 120
     before, 8 not scored), 41.2 images/s`."""
     scored = sum(o.scored for o in outcomes)
-    before = sum(o.already_scored for o in outcomes)
-    refused = sum(len(o.refused) for o in outcomes)
-    done = scored + before + refused
     rate = f", {scored / seconds:.1f} images/s" if seconds > 0 else ""
-    return (f"batches {len(outcomes)}: {done:,} of {images:,} images ({scored:,} scored now, "
-            f"{before:,} before, {refused:,} not scored){rate}")  # fmt: skip
+    return (f"batches {len(outcomes)}: {images_done(outcomes):,} of {images:,} images "
+            f"({progress_counts(outcomes)}){rate}")  # fmt: skip
 
 
 def screening_report(

@@ -46,12 +46,12 @@ def retrain(
     it failed (e.g. validation: the report is under $CME_HOME/reports)."""
     _prefect_ready()
     from cme.cli.training import epoch_advanced
-    from flows.training import epochs_watched
+    from flows.training import EPOCHS
     from flows.weekly_retrain import weekly_retrain
 
     # The flow logs each epoch's line; on a terminal a bar below them (training here only).
     bar = progress("training", None, "epochs", time_left=False, plain_lines=False)
-    with bar as advance, epochs_watched(partial(epoch_advanced, advance)):
+    with bar as advance, EPOCHS.watching(partial(epoch_advanced, advance)):
         state = weekly_retrain(
             overrides=overrides,
             steward=steward or "weekly-retrain",

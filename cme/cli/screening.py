@@ -3,12 +3,17 @@ ranked worklist for the dermatologist."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cme.cli.common import EXIT_REFUSED, OVERRIDES, OutputFormat, emit, fail
+from cme.cli.common import EXIT_REFUSED, OVERRIDES, Advance, OutputFormat, emit, fail, progress
+
+if TYPE_CHECKING:
+    from usecases.screening import BatchOutcome
 
 WORKLIST_SHOWN = ("rank", "patient_id", "image", "probability", "decision", "model_version")
 
@@ -58,16 +63,18 @@ def screen(
     try:
         local = on_local_disk(source)
         source = str(Path(source).resolve()) if local else source
-        read_source(source, patient)  # a usage error before any worker starts
+        images = len(read_source(source, patient))  # a usage error before any worker starts
     except ScreeningSourceError as error:
         fail(str(error))
     settings = _prefect_ready()  # before Prefect is imported: it reads its settings once
     from cme.orchestration import shared_prefect_server
-    from flows.batch_screening import in_flight, on_dask
+    from flows.batch_screening import BATCHES, in_flight, on_dask
 
     address = settings.dask_address
     flow = on_dask(address, workers)
-    with shared_prefect_server():
+    # The flow logs a line per batch; on a terminal a bar below them.
+    bar = progress("screening", images, "images", plain_lines=False)
+    with shared_prefect_server(), bar as advance, BATCHES.watching(partial(_advanced, advance)):
         state = flow(source=source, out=str(out.resolve()), patient=patient,
                      model_uri=model_uri, batch_size=batch_size, overrides=overrides,
                      carry_images=bool(address) and local,  # its workers cannot read our disk
@@ -79,6 +86,12 @@ def screen(
                     fg=typer.colors.RED)  # fmt: skip
     if summary["not_scored"]:
         raise typer.Exit(EXIT_REFUSED)
+
+
+def _advanced(advance: Advance, outcomes: Sequence[BatchOutcome]) -> None:
+    from usecases.screening import images_done, progress_counts
+
+    advance(images_done(outcomes), progress_counts(outcomes))
 
 
 def _show(summary: dict[str, Any], output: OutputFormat) -> None:

@@ -108,7 +108,7 @@ def two_triggers_at_once_run_one_retrain() -> RetrainSummary:
 
 def test_a_season_of_weekly_retrains(platform: Path) -> None:
     from flows.promotion import promotion
-    from flows.training import epochs_watched
+    from flows.training import EPOCHS
 
     # Week 1: two triggers at once run one retrain (the other is skipped); the first
     # challenger passes the first-model floors and awaits a reviewer.
@@ -132,7 +132,7 @@ def test_a_season_of_weekly_retrains(platform: Path) -> None:
     # same locked test set, and waits for approval or is rejected, by the gate.
     register_week(platform, seed=4, images=90)
     heard: list[Any] = []  # what `cme retrain`'s progress bar is told, epoch by epoch
-    with epochs_watched(heard.append):
+    with EPOCHS.watching(heard.append):
         second_run = retrain()
     second = finished(second_run)
     with opened() as app:

@@ -58,3 +58,27 @@ def test_a_training_epoch_advances_the_bar_across_ensemble_members(capsys):
     _shown(lambda done, detail, total=None: seen.append((done, detail, total)), record)
     assert seen == [(7, "val ROC AUC 0.812, at most 1 min 05 s left", 12)]
     assert capsys.readouterr().out.startswith("member 2/3 epoch   3/4 fine-tune")
+
+
+def test_a_flow_tells_the_watchers_of_the_command_that_runs_it_and_only_those():
+    from flows.common import Watchers
+
+    heard: list[str] = []
+    events: Watchers[str] = Watchers("test events")
+    events.teller()("before")  # nobody watches yet
+    with events.watching(heard.append), events.watching(lambda e: heard.append(e.upper())):
+        tell = events.teller()
+        tell("epoch 1")
+    tell("late")  # a teller keeps the watchers of where it was taken
+    events.teller()("after")
+    assert heard == ["epoch 1", "EPOCH 1", "late", "LATE"]
+
+
+def test_the_screening_bar_counts_images_done_of_every_kind():
+    from cme.cli.screening import _advanced
+    from usecases.screening import BatchOutcome
+
+    seen: list[tuple[int, str, int | None]] = []
+    outcomes = [BatchOutcome(250, 6, (("x.jpg", "unreadable"),)), BatchOutcome(256, 0, ())]
+    _advanced(lambda done, detail, total=None: seen.append((done, detail, total)), outcomes)
+    assert seen == [(513, "506 scored now, 6 before, 1 not scored", None)]
