@@ -186,12 +186,10 @@ def _orientations(images: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(view) for turn in turns for view in (turn, turn[:, ::-1])]
 
 
-def test_dihedral_test_time_augmentation_serves_the_mean_over_the_eight_orientations(
-    scratch_model,
-):
-    config = TrainConfig(
-        image_size=32, weights="none", unfreeze_from="all", test_time_augmentation="dihedral"
-    )
+def test_dihedral_test_time_augmentation_serves_the_mean_over_the_eight_orientations():
+    config = tiny_network(test_time_augmentation="dihedral")  # the wrapper is any network's
+    keras.utils.set_random_seed(1)
+    scratch_model = build_classifier(config, weights_file=None)
     served = serving_classifier(scratch_model, config)
     lesions = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     views = _orientations(lesions)
