@@ -109,7 +109,7 @@ def on_dask(address: str | None, workers: int | None = None) -> Any:
     the cores so that the workers do not oversubscribe them."""
     if address:
         return batch_screening.with_options(task_runner=_dask(address=address))
-    count = workers or os.cpu_count() or 1
+    count = _local_workers(workers)
     cores = max(1, (os.cpu_count() or 1) // count)
     env = dict.fromkeys(THREAD_SETTINGS, str(cores))
     cluster = {"n_workers": count, "threads_per_worker": 1,
@@ -121,7 +121,12 @@ def in_flight(address: str | None, workers: int | None = None) -> int:
     """Batches to hand Dask at a time: two per worker of a local cluster."""
     if address:
         return REMOTE_IN_FLIGHT
-    return IN_FLIGHT_PER_WORKER * (workers or os.cpu_count() or 1)
+    return IN_FLIGHT_PER_WORKER * _local_workers(workers)
+
+
+def _local_workers(workers: int | None) -> int:
+    """The processes of an embedded cluster: as asked, else one per core."""
+    return workers or os.cpu_count() or 1
 
 
 def _in_turn(
