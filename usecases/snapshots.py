@@ -27,7 +27,7 @@ from pipelines.dataset.manifest import (
     write_atomically,
     write_manifest,
 )
-from pipelines.dataset.versioning import DataVersioning
+from pipelines.dataset.versioning import DataVersioning, FileProgress
 from pipelines.errors import BadInput, Fault
 from pipelines.validation import (
     DriftReport,
@@ -292,11 +292,13 @@ def take_snapshot(
     steward: str,
     manifest: pd.DataFrame | None = None,
     on_step: Callable[[int, str], None] | None = None,
+    on_files: FileProgress | None = None,
 ) -> SnapshotOutcome:
     """Freeze `manifest` (default: the current labels) under data/snapshots/<id>/, version
     the data folder with DVC, and record the snapshot with its hash and locked splits. An
     unchanged manifest returns the latest snapshot instead of a copy of it. `on_step` hears
-    of each of the SNAPSHOT_STEPS as it begins (its number from 0, and what it does)."""
+    of each of the SNAPSHOT_STEPS as it begins (its number from 0, and what it does);
+    `on_files`, of DVC's progress through the files while it versions them."""
     step = on_step or (lambda done, doing: None)
     registry = platform.label_registry()
     with _snapshot_lock(platform):
@@ -317,7 +319,7 @@ def take_snapshot(
         folder = _write_snapshot_folder(platform, record, frozen, drift)
         files = sum(len(names) for _, _, names in os.walk(platform.workspace.data_dir))
         step(2, f"versioning data/ with DVC ({files:,} files: hashing, caching, pushing)")
-        record = replace(record, dvc_hash=_versioning(platform).commit())
+        record = replace(record, dvc_hash=_versioning(platform).commit(on_files))
         step(3, "recording the snapshot and its lesion splits")
         registry.record_snapshot(record, lesion_splits(frozen))
         step(SNAPSHOT_STEPS, f"snapshot {record.snapshot_id}")

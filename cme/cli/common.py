@@ -113,7 +113,14 @@ def _cell(value: Any) -> str:
 
 
 class Advance(Protocol):
-    def __call__(self, done: int, detail: str, total: int | None = None) -> None: ...
+    def __call__(
+        self, done: int, detail: str, total: int | None = None, unit: str | None = None
+    ) -> None: ...
+
+
+def on_terminal() -> bool:
+    """Whether progress shows as a bar (stderr is a terminal), not as plain lines."""
+    return sys.stderr.isatty()
 
 
 @contextmanager
@@ -128,11 +135,12 @@ def progress(
     """Report `done` of `total` `unit` as work goes: a bar on a terminal, else a plain line
     each time (flows, CI, a log file; none with `plain_lines=False`, for work that prints
     its own), with the time left at the pace so far unless the units are too uneven for
-    that (`time_left=False`). Yields `advance(done, detail, total=None)`; a total given
-    there replaces the one known at the start."""
-    if not sys.stderr.isatty():
+    that (`time_left=False`). Yields `advance(done, detail, total=None, unit=None)`; a total
+    or unit given there replaces the one known before (e.g. steps, then a step's files)."""
+    if not on_terminal():
         yield _plain_progress(what, total, unit, time_left) if plain_lines else _quiet
         return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -143,36 +151,43 @@ def progress(
     )
 
     columns: list[ProgressColumn] = [
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[unit]}"),
     ]  # fmt: skip
     if time_left:
         columns.append(TimeRemainingColumn())
     columns.append(TextColumn("{task.fields[detail]}"))
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task(what, total=total, detail="")
+    # Drawn on the terminal itself: work that writes to stderr meanwhile goes above the bar.
+    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+        task = bar.add_task(what, total=total, detail="", unit=unit)
+        shown = unit
 
-        def advance(done: int, detail: str, total: int | None = None) -> None:
-            bar.update(task, completed=done, detail=detail, total=total)
+        def advance(
+            done: int, detail: str, total: int | None = None, unit: str | None = None
+        ) -> None:
+            nonlocal shown
+            shown = unit if unit is not None else shown
+            bar.update(task, completed=done, detail=detail, total=total, unit=shown)
 
         yield advance
 
 
-def _quiet(done: int, detail: str, total: int | None = None) -> None:
+def _quiet(done: int, detail: str, total: int | None = None, unit: str | None = None) -> None:
     return None
 
 
 def _plain_progress(what: str, total: int | None, unit: str, time_left: bool) -> Advance:
     started = time.monotonic()
-    planned = total
+    planned, named = total, unit
 
-    def line(done: int, detail: str, total: int | None = None) -> None:
-        nonlocal planned
+    def line(done: int, detail: str, total: int | None = None, unit: str | None = None) -> None:
+        nonlocal planned, named
         planned = total if total is not None else planned
-        total = planned
-        of = f" of {total}" if total is not None else ""
-        counted = f"{done}{of} {unit}".rstrip()
-        if time_left and total and 0 < done < total:
-            left = (time.monotonic() - started) / done * (total - done)
+        named = unit if unit is not None else named
+        of = f" of {planned}" if planned is not None else ""
+        counted = f"{done}{of} {named}".rstrip()
+        if time_left and planned and 0 < done < planned:
+            left = (time.monotonic() - started) / done * (planned - done)
             counted += f" (about {duration(left)} left)"
         typer.echo(f"{what}: {counted}{': ' + detail if detail else ''}", err=True)
 

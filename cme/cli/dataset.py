@@ -15,9 +15,12 @@ from cme.cli.common import (
     command_group,
     emit,
     fail,
+    on_terminal,
     opened_app,
     progress,
 )
+
+VERSIONING = "versioning data/ with DVC"
 
 snapshot_app = command_group(
     "Freeze the current labels as a DVC-versioned snapshot (default), list, restore.",
@@ -92,15 +95,24 @@ def snapshot(
     from pipelines.dataset.manifest import read_manifest
     from usecases import snapshots
 
-    with (
-        opened_app() as cme,
-        progress("snapshot", snapshots.SNAPSHOT_STEPS, "steps", time_left=False) as step,
-    ):
+    steps = snapshots.SNAPSHOT_STEPS
+    with opened_app() as cme, progress("snapshot", steps, "steps", time_left=False) as advance:
         params = cme.params(overrides)
         manifest = read_manifest(manifest_file) if manifest_file else None
+
+        def on_step(done: int, doing: str) -> None:
+            advance(done, doing, total=steps, unit="steps")
+
+        def on_files(doing: str, done: int, total: int | None) -> None:
+            if total is None:  # DVC counting without knowing how many: no bar to fill
+                advance(2, f"{VERSIONING}: {doing}: {done:,} files", total=steps, unit="steps")
+            else:
+                advance(done, f"{VERSIONING}: {doing}", total=total, unit="files")
+
         outcome = snapshots.take_snapshot(
-            cme, params, steward=cme.steward(steward), manifest=manifest, on_step=step
-        )
+            cme, params, steward=cme.steward(steward), manifest=manifest, on_step=on_step,
+            on_files=on_files if on_terminal() else None,  # a line a file in a log: no
+        )  # fmt: skip
     record = outcome.record
     if record_file is not None:
         record_file.parent.mkdir(parents=True, exist_ok=True)

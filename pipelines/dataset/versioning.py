@@ -4,7 +4,9 @@ under $CME_HOME by default; S3 or any DVC remote in production) and can be resto
 byte for byte, from its hash alone.
 
 DVC's Python API runs in this process (each `dvc` subprocess would cost a second of
-start-up); its repository lock still keeps two writers apart.
+start-up); its repository lock still keeps two writers apart. The API takes no progress
+callback: DVC draws its own progress bars (tqdm) when stderr is a terminal, and a caller that
+asks to hear them (`FileProgress`) has them drawn nowhere and read instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import io
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,11 @@ import yaml
 from pipelines.errors import BadInput, Fault, PlatformError, Unavailable
 
 _WORK_IN_PROGRESS = (".staging/", ".*.partial")
+HEARD_EVERY_SECONDS = 0.2
+
+FileProgress = Callable[[str, int, int | None], None]
+"""Hears DVC at work: what it is doing (e.g. `Adding data to cache`), files done, and of how
+many when DVC knows."""
 
 
 class DataVersionError(PlatformError):
@@ -55,9 +63,10 @@ class DataVersioning:
     def pointer_file(self) -> Path:
         return self.project_dir / f"{self.data_dir.name}.dvc"
 
-    def commit(self) -> str:
-        """Version the data folder as it is now, push it to the remote, return its hash."""
-        with self._repository() as repo:
+    def commit(self, on_files: FileProgress | None = None) -> str:
+        """Version the data folder as it is now, push it to the remote, return its hash;
+        `on_files` hears DVC's progress through the files as it goes."""
+        with self._repository() as repo, _progress_heard(on_files):
             repo.add([self._relative(self.data_dir)])
             repo.push([self.pointer_file.name], remote=self.remote_name)
         return self.current_hash() or self._fail_without_hash()
@@ -145,3 +154,54 @@ class DataVersioning:
 
     def _fail_without_hash(self) -> str:
         raise DataVersionFailed(f"{self.pointer_file} has no md5 after `dvc add`")
+
+
+@contextlib.contextmanager
+def _progress_heard(on_files: FileProgress | None) -> Iterator[None]:
+    """DVC's progress bars, drawn nowhere and read every HEARD_EVERY_SECONDS into `on_files`
+    (the innermost bar open: DVC nests a bar per file set in one per target)."""
+    if on_files is None:
+        yield
+        return
+    from tqdm import tqdm
+
+    def innermost() -> Any:
+        with tqdm.get_lock():
+            bars = [bar for bar in tqdm._instances if not bar.disable]
+        return max(bars, key=lambda bar: abs(bar.pos), default=None)
+
+    def listen(stopped: threading.Event) -> None:
+        while not stopped.wait(HEARD_EVERY_SECONDS):
+            bar = innermost()
+            if bar is not None:  # a total below the count is one DVC has not set yet
+                done, total = int(bar.n), int(bar.total or 0)
+                on_files(
+                    str(bar.desc).strip(": "), done, total if total and total >= done else None
+                )
+
+    stopped = threading.Event()
+    listener = threading.Thread(target=listen, args=(stopped,), name="dvc-progress")
+    with (
+        Path(os.devnull).open("w", encoding="utf-8") as nowhere,
+        contextlib.redirect_stderr(nowhere),  # where DVC's bars draw (they would on a terminal)
+        _environment("DVC_IGNORE_ISATTY", "true"),  # and draw, so count, on any stderr
+    ):
+        listener.start()
+        try:
+            yield
+        finally:
+            stopped.set()
+            listener.join()
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from cme.bootstrap import App
 from cme.settings import Settings
+from pipelines.dataset import versioning
 from pipelines.dataset.manifest import lesion_splits, read_manifest
 from registry.labels import ConcurrentChange
 from tests.conftest import read_rows, write_rows
@@ -96,6 +98,29 @@ def test_a_snapshot_freezes_labels_and_versions_them_with_dvc(project, lab_expor
 
     again = snapshot(project)
     assert not again.created and again.record == record
+
+
+def test_a_snapshot_tells_its_progress_through_the_files_and_dvc_draws_nothing(
+    project, lab_export, capfd, monkeypatch
+):
+    """`cme snapshot`'s bar on a terminal: DVC's own progress bars, heard instead of drawn
+    (they would garble the command's bar)."""
+    register(project, lab_export)
+    monkeypatch.setattr(versioning, "HEARD_EVERY_SECONDS", 0.005)  # 24 images go fast
+    heard: list[tuple[str, int, int | None]] = []
+
+    outcome = snapshots.take_snapshot(
+        project, params_for(project), steward="tester",
+        on_files=lambda doing, done, total: heard.append((doing, done, total)),
+    )  # fmt: skip
+
+    assert outcome.created and heard
+    assert all(doing and done >= 0 and (total is None or done <= total)
+               for doing, done, total in heard), heard  # fmt: skip
+    counted = {doing for doing, _, total in heard if total is not None and total >= 24}
+    assert counted, heard  # a phase through all the images, e.g. "Pushing to cme"
+    assert "files/s" not in capfd.readouterr().err  # no bar of DVC's on stderr
+    assert os.environ.get("DVC_IGNORE_ISATTY") is None
 
 
 def test_the_locked_test_set_survives_new_labels_and_relabels(project, lab_export, tmp_path):

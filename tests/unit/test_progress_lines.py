@@ -45,6 +45,18 @@ def test_uneven_steps_give_no_estimate_and_a_later_total_replaces_the_first(caps
     ]
 
 
+def test_a_later_unit_replaces_the_first_as_a_step_counts_its_files(capsys):
+    with progress("snapshot", 4, "steps", time_left=False) as advance:
+        advance(2, "versioning data/ with DVC")
+        advance(700, "versioning data/ with DVC: Adding data to cache", total=1503, unit="files")
+        advance(3, "recording the snapshot", total=4, unit="steps")
+    assert capsys.readouterr().err.splitlines() == [
+        "snapshot: 2 of 4 steps: versioning data/ with DVC",
+        "snapshot: 700 of 1503 files: versioning data/ with DVC: Adding data to cache",
+        "snapshot: 3 of 4 steps: recording the snapshot",
+    ]
+
+
 def test_work_that_prints_its_own_lines_adds_none(capsys):
     with progress("training", None, "epochs", plain_lines=False) as advance:
         advance(1, "val ROC AUC 0.700")
