@@ -6,13 +6,16 @@ with the same model (what `cme predict` does), in one run.
         [--limit 10015] [--batch-size 256]
 
 For each image size, a fresh installation with embedded stores registers an untrained
-ResNet50 (what it predicts does not change what it costs) as champion. The baseline loads
-the model, then scores the images in batches of --batch-size in this process (model loading
-not counted). Each flow run is timed from the command's start to its end (the Prefect
-server, the Dask cluster, every worker's TensorFlow and model loading included) and screens
-the images as a patient of its own, so that no run finds them scored by another. Prints
-images/s, the ratios (goals: 1 worker >= 0.9x in-process, 2 workers >= 1.7x 1 worker) and
-the flow's overhead per image."""
+ResNet50 (what it predicts does not change what it costs) as champion and screens a few
+images once, untimed, as a clinic's installation has before (Prefect's database created,
+the screening tables made). Two baselines score the same images in one process: scoring in
+batches of --batch-size with the model loaded beforehand, and `cme predict` end to end (its
+start, TensorFlow and the model's loading included). Each flow run is timed from the
+command's start to its end (the Prefect server, the Dask cluster, every worker's TensorFlow
+and model loading included), and its steady rate from its first batch done to its last
+(every worker warm); each screens the images as a patient of its own, so that no run finds
+them scored by another. Prints images/s, the ratios (goals: 1 worker >= 0.9x in-process,
+2 workers >= 1.7x 1 worker) and the flow's overhead per image."""
 
 from __future__ import annotations
 
@@ -43,50 +46,75 @@ def in_process_rate(model_uri: str, files: list[Path], batch_size: int) -> float
     return len(files) / watch.seconds
 
 
-def screen_seconds(env: dict[str, str], manifest: Path, workers: int, batch_size: int,
-                   log: Path) -> float:  # fmt: skip
-    command = [sys.executable, "-m", "cme", "screen", str(manifest), "--patient", f"w{workers}",
+def screen_seconds(env: dict[str, str], manifest: Path, patient: str, workers: int,
+                   batch_size: int, log: Path) -> float:  # fmt: skip
+    command = [sys.executable, "-m", "cme", "screen", str(manifest), "--patient", patient,
                "--workers", str(workers), "--batch-size", str(batch_size),
                "--out", str(log.with_suffix("")), "--format", "csv"]  # fmt: skip
+    return command_seconds(command, env, log)
+
+
+def command_seconds(command: list[str], env: dict[str, str], log: Path) -> float:
     with Stopwatch() as watch, log.open("w") as output:
         done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=output, check=False)  # fmt: skip
     if done.returncode != 0:
-        raise SystemExit(f"cme screen failed ({done.returncode}): see {log}")
+        raise SystemExit(f"{command[2:4]} failed ({done.returncode}): see {log}")
     return watch.seconds
 
 
-def flow_rate(log: Path) -> float:
-    """The rate of the run's last progress line ("..., 78.7 images/s")."""
-    found = re.findall(r"([0-9.]+) images/s", log.read_text())
-    return float(found[-1]) if found else float("nan")
+def predict_command_rate(env: dict[str, str], files: list[Path], log: Path) -> float:
+    """`cme predict` over every file, end to end (the CLI's start and the model's loading
+    included), logging its predictions as `cme screen` does."""
+    command = [sys.executable, "-m", "cme", "predict", *map(str, files), "--format", "csv",
+               "--log-predictions"]  # fmt: skip
+    return len(files) / command_seconds(command, env, log)
+
+
+PROGRESS = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) .*batches \d+: ([\d,]+) of", re.MULTILINE)
+
+
+def steady_rate(log: Path) -> float:
+    """Images/s from the run's first batch done to its last (every worker warm), by the
+    times of its progress lines."""
+    lines = [(3600 * int(h) + 60 * int(m) + float(s), int(done.replace(",", "")))
+             for h, m, s, done in PROGRESS.findall(log.read_text())]  # fmt: skip
+    if len(lines) < 2 or lines[-1][0] <= lines[0][0]:
+        return float("nan")
+    return (lines[-1][1] - lines[0][1]) / (lines[-1][0] - lines[0][0])
 
 
 def bench_size(image_size: int, files: list[Path], batch_size: int, folder: Path) -> None:
     env = installation(folder)
     model_uri = register_champion(image_size, files[0].read_bytes())
     manifest = folder / "manifest.csv"
-    lines = ["image,patient_id"] + [f"{p},w{w}" for w in (1, 2) for p in files]
+    patients = ("first-run", "w1", "w2")
+    lines = ["image,patient_id"] + [f"{p},{who}" for who in patients for p in files]
     manifest.write_text("\n".join(lines) + "\n")
+    first_run = folder / "first-run.csv"
+    first_run.write_text("\n".join(lines[: 1 + min(len(files), 8)]) + "\n")
+    screen_seconds(env, first_run, "first-run", 1, batch_size, folder / "first-run.log")
     baseline = in_process_rate(model_uri, files, batch_size)
+    command = predict_command_rate(env, files, folder / "predict.log")
     n = len(files)
-    one = n / screen_seconds(env, manifest, 1, batch_size, folder / "one-worker.log")
-    two = n / screen_seconds(env, manifest, 2, batch_size, folder / "two-workers.log")
-    flow_one, flow_two = (flow_rate(folder / log) for log in ("one-worker.log", "two-workers.log"))
+    one = n / screen_seconds(env, manifest, "w1", 1, batch_size, folder / "one-worker.log")
+    two = n / screen_seconds(env, manifest, "w2", 2, batch_size, folder / "two-workers.log")
+    steady_one, steady_two = (
+        steady_rate(folder / log) for log in ("one-worker.log", "two-workers.log")
+    )
     print(f"\n{image_size} px, {n:,} images, batches of {batch_size}, {os.cpu_count()} cores")
-    print(f"  in-process (cme predict's way): {baseline:7.1f} images/s")
-    print(
-        f"  cme screen, 1 Dask worker:      {one:7.1f} images/s  {one / baseline:.2f}x in-process"
-        f"  (goal >= 0.9x); overhead {1000 * (1 / one - 1 / baseline):.1f} ms an image"
-    )
-    print(
-        f"  cme screen, 2 Dask workers:     {two:7.1f} images/s  {two / one:.2f}x 1 worker"
-        f"  (goal >= 1.7x); overhead {1000 * (1 / two - 1 / baseline):.1f} ms an image"
-    )
-    print(f"  the flows' own rate, first batch sent to last done (the workers' model loading "
-          f"included, not the server's or cluster's start): 1 worker {flow_one:.1f} images/s "
-          f"({flow_one / baseline:.2f}x in-process), 2 workers {flow_two:.1f} "
-          f"({flow_two / flow_one:.2f}x 1 worker)")  # fmt: skip
+    print(f"  in-process, model loaded (cme predict's way): {baseline:7.1f} images/s")
+    print(f"  `cme predict` end to end:                      {command:7.1f} images/s")
+    for label, rate in (("1 Dask worker: ", one), ("2 Dask workers:", two)):
+        print(
+            f"  cme screen end to end, {label} {rate:7.1f} images/s  {rate / baseline:.2f}x "
+            f"in-process, {rate / command:.2f}x `cme predict`; overhead "
+            f"{1000 * (1 / rate - 1 / baseline):.1f} ms an image"
+        )
+    print(f"  2 workers against 1, end to end: {two / one:.2f}x (goal >= 1.7x)")
+    print(f"  steady rates, first batch done to last: 1 worker {steady_one:.1f} images/s "
+          f"({steady_one / baseline:.2f}x in-process; goal >= 0.9x), 2 workers "
+          f"{steady_two:.1f} ({steady_two / steady_one:.2f}x 1 worker)")  # fmt: skip
 
 
 def main() -> None:

@@ -4,11 +4,14 @@ start), or the server at PREFECT_API_URL; and the deployments of prefect.yaml.""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from cme.settings import Settings
 from pipelines.errors import Refused
@@ -18,6 +21,8 @@ PREFECT_FILE = "prefect.yaml"
 CRASH_DETECTION = "cme: a run whose heartbeats stopped crashed"
 MISSED_HEARTBEATS = 3  # a run silent this many heartbeats is gone, not slow
 RUN_IS_ALIVE = ("heartbeat", "Completed", "Failed", "Cancelled", "Crashed")  # or over
+
+T = TypeVar("T")
 
 
 class DeployFailed(Refused):
@@ -34,23 +39,29 @@ def use_prefect(settings: Settings) -> None:
 
 
 @contextmanager
-def shared_prefect_server() -> Iterator[None]:
+def shared_prefect_server(meanwhile: AbstractContextManager[T]) -> Iterator[T]:
     """For flows whose tasks run in other processes (Dask workers): without PREFECT_API_URL,
     the temporary local server is started here and its URL exported, so that every process
-    reports to it instead of each starting a temporary server of its own."""
+    reports to it instead of each starting a temporary server of its own. `meanwhile` is
+    entered while the server starts (its URL already exported) and left before it stops: e.g.
+    Dask workers that load their model in the seconds the server takes to start."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:
-        yield
+        with meanwhile as entered:
+            yield entered
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()
-    server.start()
+    server = SubprocessASGIServer(port=_free_port())
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield
+        with ExitStack() as beside, ThreadPoolExecutor(1) as starting:
+            started = starting.submit(server.start)
+            entered = beside.enter_context(meanwhile)
+            started.result()
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                yield entered
     finally:
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
@@ -59,6 +70,14 @@ def shared_prefect_server() -> Iterator[None]:
         EventsWorker.drain_all(timeout=10)  # the server they go to stops
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _free_port() -> int:
+    """A port free on this machine now (the server is told it before it starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def prefect_environment(settings: Settings) -> dict[str, str]:

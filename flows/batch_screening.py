@@ -14,7 +14,7 @@ import atexit
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,16 +105,47 @@ def batch_screening(
 
 def on_dask(address: str | None, workers: int | None = None) -> Any:
     """The flow on an existing Dask cluster (`address`), or on an embedded LocalCluster of
-    `workers` processes (default: one per core), each TensorFlow limited to its share of
-    the cores so that the workers do not oversubscribe them."""
+    `workers` processes (see `cluster_settings`)."""
     if address:
         return batch_screening.with_options(task_runner=_dask(address=address))
+    return batch_screening.with_options(task_runner=_dask(cluster_kwargs=cluster_settings(workers)))
+
+
+def cluster_settings(workers: int | None) -> dict[str, Any]:
+    """An embedded LocalCluster's: `workers` processes (default one per core) of one task at
+    a time, each TensorFlow limited to its share of the cores so that the workers do not
+    oversubscribe them."""
     count = _local_workers(workers)
     cores = max(1, (os.cpu_count() or 1) // count)
     env = dict.fromkeys(THREAD_SETTINGS, str(cores))
-    cluster = {"n_workers": count, "threads_per_worker": 1,
-               "processes": True, "env": env, "dashboard_address": None}  # fmt: skip
-    return batch_screening.with_options(task_runner=_dask(cluster_kwargs=cluster))
+    return {"n_workers": count, "threads_per_worker": 1,
+            "processes": True, "env": env, "dashboard_address": None}  # fmt: skip
+
+
+@contextmanager
+def warm_cluster(workers: int | None, plan: ScreeningPlan) -> Iterator[str]:
+    """An embedded LocalCluster (see `cluster_settings`) whose workers open the platform and
+    load `plan`'s model as soon as they start, instead of at their first batch: the caller
+    starts the rest (Prefect's server, the flow run) meanwhile. Yields the scheduler's
+    address, for `on_dask`; the cluster closes on leaving."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(**cluster_settings(workers))  # type: ignore[no-untyped-call]
+    with cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
+        # Held until the cluster closes: a released future's task may be cancelled.
+        warming = [client.submit(warm_up, plan, workers=[worker], allow_other_workers=False,
+                                 pure=False, key=f"warm-up-{index}")
+                   for index, worker in enumerate(client.scheduler_info()["workers"])]  # fmt: skip
+        yield cluster.scheduler_address
+        del warming
+
+
+def warm_up(plan: ScreeningPlan) -> None:
+    """A worker's platform and model, loaded before its first batch (an error here is met
+    again, and reported, by the batch)."""
+    with suppress(Exception):
+        platform, _ = _worker_platform(plan.overrides)
+        screening.served_model(platform, plan.model.uri)
 
 
 def in_flight(address: str | None, workers: int | None = None) -> int:

@@ -237,7 +237,7 @@ def screening_model(platform: Platform, model_uri: str | None) -> ScreeningModel
 _SERVED: dict[str, ServedModel] = {}
 
 
-def _served(platform: Platform, uri: str) -> ServedModel:
+def served_model(platform: Platform, uri: str) -> ServedModel:
     """The model, loaded once per process (a Dask worker keeps it for its next batches) from
     the platform's registry (a remote worker inherits no MLflow settings from the caller)."""
     from usecases.serving import load_served_model
@@ -274,7 +274,7 @@ def score_batch(
     pending = [image_and_bytes for key, image_and_bytes in readable.items() if key not in done]
     if not pending:
         return BatchOutcome(0, len(done) + twice, tuple(refused))
-    served = _served(platform, model.uri)
+    served = served_model(platform, model.uri)
     # Named by their place in `pending`: the same file may stand for two patients.
     answered, unreadable = predict_files(
         served, [(str(place), content) for place, (_, content) in enumerate(pending)]

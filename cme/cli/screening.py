@@ -4,16 +4,26 @@ ranked worklist for the dermatologist."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cme.cli.common import EXIT_REFUSED, OVERRIDES, Advance, OutputFormat, emit, fail, progress
+from cme.cli.common import (
+    EXIT_REFUSED,
+    OVERRIDES,
+    Advance,
+    OutputFormat,
+    emit,
+    fail,
+    opened_app,
+    progress,
+)
 
 if TYPE_CHECKING:
-    from usecases.screening import BatchOutcome
+    from usecases.screening import BatchOutcome, ScreeningModel
 
 WORKLIST_SHOWN = ("rank", "patient_id", "image", "probability", "decision", "model_version")
 
@@ -70,15 +80,19 @@ def screen(
     from cme.orchestration import shared_prefect_server
     from flows.batch_screening import BATCHES, in_flight, on_dask
 
-    address = settings.dask_address
-    flow = on_dask(address, workers)
+    remote = settings.dask_address
+    model = _screening_model(model_uri)
     # The flow logs a line per batch; on a terminal a bar below them.
     bar = progress("screening", images, "images", plain_lines=False)
-    with shared_prefect_server(), bar as advance, BATCHES.watching(partial(_advanced, advance)):
-        state = flow(source=source, out=str(out.resolve()), patient=patient,
-                     model_uri=model_uri, batch_size=batch_size, overrides=overrides,
-                     carry_images=bool(address) and local,  # its workers cannot read our disk
-                     in_flight=in_flight(address, workers), return_state=True)  # fmt: skip
+    cluster = _cluster(remote, workers, model, overrides)
+    with (shared_prefect_server(cluster) as address, bar as advance,
+          BATCHES.watching(partial(_advanced, advance))):  # fmt: skip
+        state = on_dask(address)(
+            source=source, out=str(out.resolve()), patient=patient, model_uri=model.uri,
+            batch_size=batch_size, overrides=overrides,
+            carry_images=bool(remote) and local,  # its workers cannot read our disk
+            in_flight=in_flight(remote, workers), return_state=True,
+        )  # fmt: skip
         summary = _finished(state)
     _show(summary, output)
     for refused in summary["not_scored"]:
@@ -86,6 +100,26 @@ def screen(
                     fg=typer.colors.RED)  # fmt: skip
     if summary["not_scored"]:
         raise typer.Exit(EXIT_REFUSED)
+
+
+def _screening_model(model_uri: str | None) -> ScreeningModel:
+    """The version to screen with, resolved before anything starts (none is an error)."""
+    from usecases.screening import screening_model
+
+    with opened_app() as cme:
+        return screening_model(cme, model_uri)
+
+
+def _cluster(
+    remote: str | None, workers: int | None, model: ScreeningModel, overrides: list[str]
+) -> AbstractContextManager[str]:
+    """The Dask cluster to screen on: the remote one, or an embedded one whose workers load
+    the model while Prefect's server starts."""
+    from flows.batch_screening import ScreeningPlan, warm_cluster
+
+    if remote:
+        return nullcontext(remote)
+    return warm_cluster(workers, ScreeningPlan(model, tuple(overrides)))
 
 
 def _advanced(advance: Advance, outcomes: Sequence[BatchOutcome]) -> None:

@@ -362,3 +362,20 @@ def test_a_carried_batch_is_scored_without_its_files(clinic):
         app.close()
     assert outcome == screening.BatchOutcome(1, 0, (("/caller/g2.jpg", refused),))
     assert [result.image for result in results] == ["/caller/g1.jpg"]
+
+
+def test_a_model_that_cannot_screen_is_refused_before_any_worker_starts(clinic):
+    folder = clinic.patient_folder("Z", clinic.images[100:102])
+    name = Settings(home=clinic.home / ".cme").model_name
+
+    nobody = cme(clinic, "screen", str(folder), "--patient", "Z", "--model-uri",
+                 f"models:/{name}@nobody")  # fmt: skip
+    moving = cme(clinic, "screen", str(folder), "--patient", "Z", "--model-uri",
+                 f"models:/{name}/latest")  # fmt: skip
+
+    assert nobody.returncode == 1, nobody.stderr
+    assert "no version has that alias" in nobody.stderr
+    assert moving.returncode == 2, moving.stderr
+    assert "name a version number" in moving.stderr
+    assert "Dask" not in nobody.stderr + moving.stderr  # refused before a cluster started
+    assert clinic.count(screened("Z")) == 0
