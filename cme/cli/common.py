@@ -157,8 +157,11 @@ def progress(
     if time_left:
         columns.append(TimeRemainingColumn())
     columns.append(TextColumn("{task.fields[detail]}"))
-    # Drawn on the terminal itself: work that writes to stderr meanwhile goes above the bar.
-    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+    # On stderr: what is printed meanwhile goes above the bar, but output piped elsewhere
+    # (`cme train | tee log`) stays there.
+    console = Console(file=sys.stderr)
+    with Progress(*columns, console=console, transient=True,
+                  redirect_stdout=sys.stdout.isatty()) as bar:  # fmt: skip
         task = bar.add_task(what, total=total, detail="", unit=unit)
         shown = unit
 
