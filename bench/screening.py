@@ -58,8 +58,9 @@ def command_seconds(command: list[str], env: dict[str, str], log: Path) -> float
     with Stopwatch() as watch, log.open("w") as output:
         done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=output, check=False)  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(f"{command[2:4]} failed ({done.returncode}): see {log}")
+    if done.returncode != 0:  # the log goes with the temporary folder: its end, here
+        ending = "\n".join(log.read_text().splitlines()[-40:])
+        raise SystemExit(f"{command[2:4]} failed ({done.returncode}):\n{ending}")
     return watch.seconds
 
 
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="the first N images only")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
-    files = sorted((args.data / "images").glob("*.jpg"))[: args.limit]
+    files = sorted((args.data.resolve() / "images").glob("*.jpg"))[: args.limit]
     if not files:
         raise SystemExit(f"no images under {args.data / 'images'}")
     for size in args.sizes:
