@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from argparse import SUPPRESS
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -75,14 +76,15 @@ def predict_command_rate(env: dict[str, str], files: list[Path], log: Path) -> f
 PROGRESS = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) .*batches \d+: ([\d,]+) of", re.MULTILINE)
 
 
-def steady_rate(log: Path) -> float:
-    """Images/s from the run's first batch done to its last (every worker warm), by the
-    times of its progress lines."""
+def steady_rate(log: Path, workers: int) -> float:
+    """Images/s once every worker is warm: from the `workers`-th batch done (the workers'
+    first batches end about together) to the last, by the times of the progress lines."""
     lines = [(3600 * int(h) + 60 * int(m) + float(s), int(done.replace(",", "")))
              for h, m, s, done in PROGRESS.findall(log.read_text())]  # fmt: skip
-    if len(lines) < 2 or lines[-1][0] <= lines[0][0]:
+    if len(lines) <= workers or lines[-1][0] <= lines[workers - 1][0]:
         return float("nan")
-    return (lines[-1][1] - lines[0][1]) / (lines[-1][0] - lines[0][0])
+    start = lines[workers - 1]
+    return (lines[-1][1] - start[1]) / (lines[-1][0] - start[0])
 
 
 def bench_size(image_size: int, files: list[Path], batch_size: int, folder: Path) -> None:
@@ -96,15 +98,21 @@ def bench_size(image_size: int, files: list[Path], batch_size: int, folder: Path
     first_run.write_text("\n".join(lines[: 1 + min(len(files), 8)]) + "\n")
     screen_seconds(env, first_run, "first-run", 1, batch_size, folder / "first-run.log")
     baseline = in_process_rate(model_uri, files, batch_size)
+    one_thread = one_thread_rate(env, model_uri, files, batch_size, folder)
     command = predict_command_rate(env, files, folder / "predict.log")
     n = len(files)
     one = n / screen_seconds(env, manifest, "w1", 1, batch_size, folder / "one-worker.log")
     two = n / screen_seconds(env, manifest, "w2", 2, batch_size, folder / "two-workers.log")
-    steady_one, steady_two = (
-        steady_rate(folder / log) for log in ("one-worker.log", "two-workers.log")
-    )
+    steady_one = steady_rate(folder / "one-worker.log", 1)
+    steady_two = steady_rate(folder / "two-workers.log", 2)
     print(f"\n{image_size} px, {n:,} images, batches of {batch_size}, {os.cpu_count()} cores")
     print(f"  in-process, model loaded (cme predict's way): {baseline:7.1f} images/s")
+    print(
+        f"  in-process, TensorFlow on one thread:          {one_thread:7.1f} images/s "
+        f"(the cores give {baseline / one_thread:.2f}x it: workers of one thread each can "
+        f"reach {os.cpu_count()} x {one_thread:.1f} = "
+        f"{(os.cpu_count() or 1) * one_thread / baseline:.2f}x in-process at most)"
+    )
     print(f"  `cme predict` end to end:                      {command:7.1f} images/s")
     for label, rate in (("1 Dask worker: ", one), ("2 Dask workers:", two)):
         print(
@@ -113,9 +121,26 @@ def bench_size(image_size: int, files: list[Path], batch_size: int, folder: Path
             f"{1000 * (1 / rate - 1 / baseline):.1f} ms an image"
         )
     print(f"  2 workers against 1, end to end: {two / one:.2f}x (goal >= 1.7x)")
-    print(f"  steady rates, first batch done to last: 1 worker {steady_one:.1f} images/s "
-          f"({steady_one / baseline:.2f}x in-process; goal >= 0.9x), 2 workers "
+    print(f"  steady rates, every worker warm (its first batch done) to the last batch: "
+          f"1 worker {steady_one:.1f} images/s ({steady_one / baseline:.2f}x in-process; "
+          f"goal >= 0.9x), 2 workers "
           f"{steady_two:.1f} ({steady_two / steady_one:.2f}x 1 worker)")  # fmt: skip
+
+
+def one_thread_rate(
+    env: dict[str, str], model_uri: str, files: list[Path], batch_size: int, folder: Path
+) -> float:
+    """`in_process_rate` in a process whose TensorFlow has one thread (its thread pools are
+    fixed when it starts): what one worker of one core scores."""
+    listed = folder / "files.txt"
+    listed.write_text("\n".join(map(str, files)) + "\n")
+    threads = {name: "1" for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                                      "OMP_NUM_THREADS")}  # fmt: skip
+    command = [sys.executable, __file__, "--one-thread", model_uri, str(listed),
+               "--batch-size", str(batch_size)]  # fmt: skip
+    done = subprocess.run(command, env=env | threads, capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    return float(done.stdout.split()[-1])
 
 
 def main() -> None:
@@ -124,7 +149,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 64])
     parser.add_argument("--limit", type=int, default=None, help="the first N images only")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--one-thread", nargs=2, metavar=("MODEL_URI", "FILES"), help=SUPPRESS)
     args = parser.parse_args()
+    if args.one_thread:  # see one_thread_rate
+        from cme.bootstrap import bootstrap
+
+        bootstrap().tracking()  # the installation of CME_HOME
+        model_uri, listed = args.one_thread
+        print(in_process_rate(model_uri, [Path(p) for p in Path(listed).read_text().split()],
+                              args.batch_size))  # fmt: skip
+        return
     files = sorted((args.data.resolve() / "images").glob("*.jpg"))[: args.limit]
     if not files:
         raise SystemExit(f"no images under {args.data / 'images'}")
