@@ -73,7 +73,24 @@ def _dask(**options: Any) -> TaskRunner[Any]:
     return runner
 
 
-@flow(name="batch-screening", task_runner=_dask())
+def cluster_settings(workers: int | None) -> dict[str, Any]:
+    """An embedded LocalCluster's: `workers` processes (default one per core) of one task at
+    a time, each TensorFlow limited to its share of the cores so that the workers do not
+    oversubscribe them."""
+    count = _local_workers(workers)
+    cores = max(1, (os.cpu_count() or 1) // count)
+    env = dict.fromkeys(THREAD_SETTINGS, str(cores))
+    return {"n_workers": count, "threads_per_worker": 1,
+            "processes": True, "env": env, "dashboard_address": None}  # fmt: skip
+
+
+def _local_workers(workers: int | None) -> int:
+    """The processes of an embedded cluster: as asked, else one per core."""
+    return workers or os.cpu_count() or 1
+
+
+# Run as is (a deployment), the flow starts an embedded cluster of its own.
+@flow(name="batch-screening", task_runner=_dask(cluster_kwargs=cluster_settings(None)))
 def batch_screening(
     source: str,
     out: str,
@@ -103,23 +120,9 @@ def batch_screening(
     return report.summary()
 
 
-def on_dask(address: str | None, workers: int | None = None) -> Any:
-    """The flow on an existing Dask cluster (`address`), or on an embedded LocalCluster of
-    `workers` processes (see `cluster_settings`)."""
-    if address:
-        return batch_screening.with_options(task_runner=_dask(address=address))
-    return batch_screening.with_options(task_runner=_dask(cluster_kwargs=cluster_settings(workers)))
-
-
-def cluster_settings(workers: int | None) -> dict[str, Any]:
-    """An embedded LocalCluster's: `workers` processes (default one per core) of one task at
-    a time, each TensorFlow limited to its share of the cores so that the workers do not
-    oversubscribe them."""
-    count = _local_workers(workers)
-    cores = max(1, (os.cpu_count() or 1) // count)
-    env = dict.fromkeys(THREAD_SETTINGS, str(cores))
-    return {"n_workers": count, "threads_per_worker": 1,
-            "processes": True, "env": env, "dashboard_address": None}  # fmt: skip
+def on_dask(address: str) -> Any:
+    """The flow on the Dask cluster at `address` (a remote one, or `warm_cluster`'s)."""
+    return batch_screening.with_options(task_runner=_dask(address=address))
 
 
 @contextmanager
@@ -153,11 +156,6 @@ def in_flight(address: str | None, workers: int | None = None) -> int:
     if address:
         return REMOTE_IN_FLIGHT
     return IN_FLIGHT_PER_WORKER * _local_workers(workers)
-
-
-def _local_workers(workers: int | None) -> int:
-    """The processes of an embedded cluster: as asked, else one per core."""
-    return workers or os.cpu_count() or 1
 
 
 def _in_turn(
