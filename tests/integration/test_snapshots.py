@@ -203,7 +203,7 @@ def test_an_interrupted_snapshot_leaves_nothing_recorded_and_is_cleaned_up(
 ):
     register(project, lab_export)
 
-    def crash(_: object) -> str:
+    def crash(_: object, on_files: object = None) -> str:
         raise KeyboardInterrupt  # the process dies between writing the folder and DVC
 
     monkeypatch.setattr(snapshots.DataVersioning, "commit", crash)
