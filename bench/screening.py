@@ -12,10 +12,10 @@ the screening tables made). Two baselines score the same images in one process: 
 batches of --batch-size with the model loaded beforehand, and `cme predict` end to end (its
 start, TensorFlow and the model's loading included). Each flow run is timed from the
 command's start to its end (the Prefect server, the Dask cluster, every worker's TensorFlow
-and model loading included), and its steady rate from its first batch done to its last
-(every worker warm); each screens the images as a patient of its own, so that no run finds
-them scored by another. Prints images/s, the ratios (goals: 1 worker >= 0.9x in-process,
-2 workers >= 1.7x 1 worker) and the flow's overhead per image."""
+and model loading included), and its steady rate from the moment every worker has finished
+its first batch to the last batch; each screens the images as a patient of its own, so
+that no run finds them scored by another. Prints images/s, the ratios (goals: 1 worker
+>= 0.9x in-process, 2 workers >= 1.7x 1 worker) and the flow's overhead per image."""
 
 from __future__ import annotations
 
@@ -134,8 +134,9 @@ def one_thread_rate(
     fixed when it starts): what one worker of one core scores."""
     listed = folder / "files.txt"
     listed.write_text("\n".join(map(str, files)) + "\n")
-    threads = {name: "1" for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
-                                      "OMP_NUM_THREADS")}  # fmt: skip
+    from flows.batch_screening import THREAD_SETTINGS
+
+    threads = dict.fromkeys(THREAD_SETTINGS, "1")
     command = [sys.executable, __file__, "--one-thread", model_uri, str(listed),
                "--batch-size", str(batch_size)]  # fmt: skip
     done = subprocess.run(command, env=env | threads, capture_output=True, text=True,

@@ -283,6 +283,7 @@ def validate(
 
 SNAPSHOT_STEPS = 4
 """Reading the labels, writing the folder, versioning with DVC, recording: `on_step`'s total."""
+VERSIONING_STEP = 2  # the step `on_files` hears from
 
 
 def take_snapshot(
@@ -318,7 +319,8 @@ def take_snapshot(
         step(1, f"writing the snapshot folder ({len(frozen):,} images)")
         folder = _write_snapshot_folder(platform, record, frozen, drift)
         files = sum(len(names) for _, _, names in os.walk(platform.workspace.data_dir))
-        step(2, f"versioning data/ with DVC ({files:,} files: hashing, caching, pushing)")
+        doing = f"versioning data/ with DVC ({files:,} files: hashing, caching, pushing)"
+        step(VERSIONING_STEP, doing)
         record = replace(record, dvc_hash=_versioning(platform).commit(on_files))
         step(3, "recording the snapshot and its lesion splits")
         registry.record_snapshot(record, lesion_splits(frozen))

@@ -105,7 +105,8 @@ def snapshot(
 
         def on_files(doing: str, done: int, total: int | None) -> None:
             if total is None:  # DVC counting without knowing how many: no bar to fill
-                advance(2, f"{VERSIONING}: {doing}: {done:,} files", total=steps, unit="steps")
+                advance(snapshots.VERSIONING_STEP, f"{VERSIONING}: {doing}: {done:,} files",
+                        total=steps, unit="steps")  # fmt: skip
             else:
                 advance(done, f"{VERSIONING}: {doing}", total=total, unit="files")
 
